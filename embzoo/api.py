@@ -1,0 +1,188 @@
+"""Embedder.encode: prompts, tokenization, token-budget packing, batching, output formats."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.embedding_model import EmbeddingModel
+from embzoo.packing import token_budget_batches
+from embzoo.quantization import PRECISIONS, calibration_ranges, quantize
+from embzoo.tokenization import TextTokenizer
+
+OUTPUTS = ("sentence", "tokens")
+PROGRESS_MIN_TEXTS = 1024  # show_progress_bar=None shows a bar from this many texts on
+
+
+def _as_texts(sentences: str | Sequence[str]) -> tuple[list[str], bool]:
+    if isinstance(sentences, str):
+        return [sentences], True
+    texts = list(sentences)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"encode expects str or a list of str; item {i} is {type(t).__name__}: {t!r:.60}")
+    return texts, False
+
+
+class Embedder:
+    """Text → vectors with one embedding checkpoint (load it with `embzoo.load`)."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        tokenizer: TextTokenizer,
+        *,
+        normalize: bool = False,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        int8_ranges: np.ndarray | None = None,
+        name: str = "",
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.normalize = normalize
+        self.prompts = dict(prompts or {})
+        if default_prompt_name is not None and default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name {default_prompt_name!r} is not among prompts {self.prompts}"
+            )
+        self.default_prompt_name = default_prompt_name
+        self.int8_ranges = int8_ranges
+        self.name = name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dimension(self) -> int:
+        """Length of the full sentence vector."""
+        return self.model.dimension
+
+    @property
+    def max_seq_length(self) -> int:
+        """Inputs are truncated to this many tokens (special tokens included)."""
+        return self.tokenizer.max_length
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder({self.name!r}, dimension={self.dimension}, max_seq_length={self.max_seq_length}, "
+            f"pooling={list(self.model.pooler.modes)}, normalize={self.normalize}, device={self.device})"
+        )
+
+    def _prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+        if prompt is not None:
+            if prompt_name is not None:
+                raise ValueError("pass either prompt or prompt_name, not both")
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            raise ValueError(
+                f"unknown prompt_name {name!r}; this model's prompts are {sorted(self.prompts)} "
+                "(or pass the text itself with prompt=...)"
+            )
+        return self.prompts[name]
+
+    def encode(
+        self,
+        sentences: str | Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: str = "float32",
+        int8_ranges: np.ndarray | None = None,
+        batch_tokens: int = 16384,
+        output: str = "sentence",
+        convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+    ) -> Any:
+        """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
+        model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
+        output="tokens" gives a list of per-text [len_i, hidden] token states instead.
+
+        dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
+        Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
+        """
+        texts, single = _as_texts(sentences)
+        prefix = self._prompt(prompt_name, prompt)
+        self._check_output_args(output, dimensions, precision)
+        normalize = self.normalize if normalize is None else normalize
+        if prefix:
+            texts = [prefix + t for t in texts]
+        ids = self.tokenizer(texts)
+        skip = 0
+        if prefix and not self.model.pooler.include_prompt:
+            skip = self.tokenizer.prompt_length(prefix)
+        show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
+        if output == "tokens":
+            states = self._run(ids, batch_tokens, show, tokens=True, skip=skip)
+            return states if convert_to_tensor else [s.cpu().numpy() for s in states]
+        vectors = self._run(ids, batch_tokens, show, tokens=False, skip=skip)
+        if dimensions is not None:
+            vectors = vectors[:, :dimensions]
+        if normalize:
+            vectors = F.normalize(vectors, p=2, dim=-1)
+        if precision != "float32":
+            ranges = int8_ranges if int8_ranges is not None else self.int8_ranges
+            vectors = quantize(vectors.cpu().numpy(), precision, ranges)
+            vectors = torch.from_numpy(vectors) if convert_to_tensor else vectors
+        elif not convert_to_tensor:
+            vectors = vectors.cpu().numpy()
+        return vectors[0] if single else vectors
+
+    def _check_output_args(self, output: str, dimensions: int | None, precision: str) -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; allowed: {OUTPUTS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {PRECISIONS}")
+        if output == "tokens" and (dimensions is not None or precision != "float32"):
+            raise ValueError("dimensions and precision apply to output='sentence' only")
+        if dimensions is not None and not 1 <= dimensions <= self.dimension:
+            raise ValueError(f"dimensions must be in 1..{self.dimension}, got {dimensions}")
+
+    @torch.inference_mode()
+    def _run(
+        self, ids: list[list[int]], batch_tokens: int, show: bool, tokens: bool, skip: int
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Forward all sequences in length-sorted token-budget batches; results in input order."""
+        device = self.device
+        if not ids:
+            return [] if tokens else torch.zeros(0, self.dimension, device=device)
+        batches = token_budget_batches([len(s) for s in ids], batch_tokens)
+        outputs: list[torch.Tensor] = []
+        for idx in tqdm(batches, disable=not show, desc="embzoo encode", unit="batch"):
+            batch = PackedBatch.from_sequences([ids[i] for i in idx]).to(device)
+            if tokens:
+                outputs.extend(self.model.backbone(batch).float().split([len(ids[i]) for i in idx]))
+                continue
+            prompt_lengths = None
+            if skip:
+                prompt_lengths = torch.full((len(idx),), skip, dtype=torch.int32, device=device)
+            outputs.append(self.model(batch, prompt_lengths))
+        order = torch.from_numpy(np.concatenate(batches))
+        if tokens:
+            restored: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
+            for pos, state in zip(order.tolist(), outputs, strict=True):
+                restored[pos] = state
+            return restored
+        stacked = torch.cat(outputs)
+        result = torch.empty_like(stacked)
+        result[order.to(device)] = stacked
+        return result
+
+    def calibrate(self, texts: Sequence[str], **encode_kwargs: Any) -> np.ndarray:
+        """Compute and store int8/uint8 ranges ([2, D] min/max) from representative texts, encoded with
+        the same prompt/dimensions/normalize arguments you will use for quantized encoding."""
+        vectors = self.encode(list(texts), precision="float32", convert_to_tensor=False, **encode_kwargs)
+        self.int8_ranges = calibration_ranges(vectors)
+        return self.int8_ranges

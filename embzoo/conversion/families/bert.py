@@ -1,0 +1,83 @@
+"""BERT, RoBERTa and XLM-R: learned absolute positions, post-norm, GELU MLP, biases everywhere.
+
+Quirks and the fields that encode them:
+- RoBERTa/XLM-R position ids start at padding_idx + 1 → `position_offset`.
+- Separate query/key/value tensors → one fused `attn.qkv` in the order Q, K, V.
+- Sequence-classification heads: BERT = pooler.dense → tanh → classifier; RoBERTa/XLM-R =
+  classifier.dense → tanh → classifier.out_proj. Both become `head.dense` / `head.out`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.conversion.rules import Drop, Rule
+
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+
+HIDDEN_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+HIDDEN_ACTS |= {"silu": "silu", "swish": "silu"}
+
+
+def to_arch(hf: dict[str, Any]) -> ArchConfig:
+    """config.json of a BERT/RoBERTa/XLM-R checkpoint → ArchConfig."""
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise UnsupportedConfig(
+            f"{hf['model_type']}: position_embedding_type {hf['position_embedding_type']!r}; "
+            "only 'absolute' is supported"
+        )
+    act = hf.get("hidden_act", "gelu")
+    if act not in HIDDEN_ACTS:
+        raise UnsupportedConfig(f"{hf['model_type']}: hidden_act {act!r}; supported: {sorted(HIDDEN_ACTS)}")
+    roberta = hf["model_type"] != "bert"
+    return ArchConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        max_positions=hf.get("max_position_embeddings", 512),
+        position_offset=hf.get("pad_token_id", 1) + 1 if roberta else 0,
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        activation=HIDDEN_ACTS[act],
+    )
+
+
+P = r"^(?:bert\.|roberta\.)?"
+L = P + r"encoder\.layer\.(?P<i>\d+)\."
+WB = r"\.(?P<p>weight|bias)$"
+
+WEIGHTS = [
+    Rule(P + r"embeddings\.word_embeddings\.weight$", "embed.tok.weight"),
+    Rule(P + r"embeddings\.position_embeddings\.weight$", "embed.pos.weight"),
+    Rule(P + r"embeddings\.token_type_embeddings\.weight$", "embed.token_type.weight"),
+    Rule(P + r"embeddings\.LayerNorm" + WB, "embed.norm.{p}"),
+    Rule(
+        L + r"attention\.self\.(?P<qkv>query|key|value)" + WB,
+        "layers.{i}.attn.qkv.{p}",
+        fuse=("qkv", ("query", "key", "value")),
+    ),
+    Rule(L + r"attention\.output\.dense" + WB, "layers.{i}.attn.out.{p}"),
+    Rule(L + r"attention\.output\.LayerNorm" + WB, "layers.{i}.norm_attn.{p}"),
+    Rule(L + r"intermediate\.dense" + WB, "layers.{i}.mlp.up.{p}"),
+    Rule(L + r"output\.dense" + WB, "layers.{i}.mlp.down.{p}"),
+    Rule(L + r"output\.LayerNorm" + WB, "layers.{i}.norm_mlp.{p}"),
+    Drop(P + r"embeddings\.position_ids$"),
+    Drop(r"^(?:cls|lm_head)\."),  # masked-LM heads of pre-training checkpoints
+]
+
+# sequence-classification heads, by the checkpoint's model_type; absent heads are dropped
+HEADS = {
+    "bert": [
+        Rule(P + r"pooler\.dense" + WB, "head.dense.{p}"),
+        Rule(r"^classifier" + WB, "head.out.{p}"),
+    ],
+    "roberta": [
+        Drop(P + r"pooler\.dense" + WB),
+        Rule(r"^classifier\.dense" + WB, "head.dense.{p}"),
+        Rule(r"^classifier\.out_proj" + WB, "head.out.{p}"),
+    ],
+}
+HEADS["xlm-roberta"] = HEADS["roberta"]

@@ -1,0 +1,63 @@
+"""Build embzoo modules from a snapshot: family config translation + strict weight conversion."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from embzoo.conversion.rules import Rule, apply, dropped
+from embzoo.conversion.snapshot import DenseSpec, Snapshot, open_weights
+from embzoo.modeling.backbone import Backbone
+from embzoo.modeling.heads import ClassificationHead, Dense, dense_activation
+from embzoo.registry import family_for
+
+DENSE_WEIGHTS = [Rule(r"^linear\.(?P<p>weight|bias)$", "linear.{p}")]
+HEAD_PREFIX = "head."
+
+
+def is_classifier(config: dict) -> bool:
+    """True for *ForSequenceClassification checkpoints (cross-encoders / rerankers)."""
+    return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or ())
+
+
+def _shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    return {prefix + n: tuple(t.shape) for n, t in module.state_dict().items()}
+
+
+def load_backbone(
+    snapshot: Snapshot, attn_backend: str | None = None, with_head: bool | None = None
+) -> tuple[Backbone, ClassificationHead | None]:
+    """The backbone (and the classification head when the checkpoint is a classifier), fp32 on CPU.
+
+    Strict: raises WeightMismatch listing missing and left-over tensors.
+    """
+    family = family_for(snapshot.config)
+    arch = family.to_arch(snapshot.config)
+    with_head = is_classifier(snapshot.config) if with_head is None else with_head
+    head_rules = family.HEADS[snapshot.config["model_type"]]
+    with torch.device("meta"):
+        backbone = Backbone(arch, attn_backend)
+        head = ClassificationHead(arch.hidden_size, _num_labels(snapshot.config)) if with_head else None
+    expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
+    rules = family.WEIGHTS + (head_rules if head else dropped(head_rules))
+    keys, get = open_weights(snapshot.model_dir)
+    state = {n: t.float() for n, t in apply(keys, get, rules, expected).items()}
+    head_state = {n[len(HEAD_PREFIX) :]: state.pop(n) for n in list(state) if n.startswith(HEAD_PREFIX)}
+    backbone.load_state_dict(state, strict=True, assign=True)
+    if head is not None:
+        head.load_state_dict(head_state, strict=True, assign=True)
+    return backbone, head
+
+
+def _num_labels(config: dict) -> int:
+    return len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
+
+
+def load_dense(spec: DenseSpec) -> Dense:
+    """A sentence-transformers Dense module from its folder, fp32 on CPU."""
+    with torch.device("meta"):
+        dense = Dense(spec.in_features, spec.out_features, spec.bias, dense_activation(spec.activation))
+    keys, get = open_weights(spec.path)
+    state = {n: t.float() for n, t in apply(keys, get, DENSE_WEIGHTS, _shapes(dense)).items()}
+    dense.load_state_dict(state, strict=True, assign=True)
+    return dense

@@ -1,0 +1,187 @@
+"""Read a Hub snapshot folder: config, weights (safetensors, sharded, or legacy .bin), and the
+sentence-transformers pipeline description (modules.json, Pooling, Dense, Normalize, prompts)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+log = logging.getLogger(__name__)
+
+ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE = "Transformer", "Pooling", "Dense", "Normalize"
+ST_MODULES = (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE)
+LEGACY_POOLING_KEYS = {  # sentence-transformers' concatenation order
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+class SnapshotError(FileNotFoundError):
+    """A model folder lacks something it needs, or its files are malformed."""
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    path: Path
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str | None  # class path as sentence-transformers writes it; None = identity
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """The sentence-transformers modules after the transformer; None fields mean "not specified"."""
+
+    pooling: tuple[str, ...] | None = None
+    include_prompt: bool = True
+    dense: tuple[DenseSpec, ...] = ()
+    normalize: bool | None = None
+    max_seq_length: int | None = None
+    do_lower_case: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    root: Path  # the folder given
+    model_dir: Path  # holds config.json, weights and tokenizer (sentence-transformers module 0)
+    config: dict[str, Any]
+    pipeline: PipelineSpec
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SnapshotError(f"missing {path.name} in {path.parent}") from None
+    except json.JSONDecodeError as e:
+        raise SnapshotError(f"{path} is not valid JSON: {e}") from None
+
+
+def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub id fetched (or found in the cache) by huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+        raise SnapshotError(f"{name_or_path!r} is not a model folder (a directory with config.json)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(name_or_path), revision=revision))
+    except Exception as e:  # offline, unknown repo, gated repo: one message with the ways out
+        raise SnapshotError(
+            f"could not fetch {name_or_path!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "
+            "Check the id and your network (HF_HUB_OFFLINE=1 only reads the local cache), or pass the "
+            "path of a local snapshot folder."
+        ) from None
+
+
+def _pooling_modes(cfg: dict[str, Any]) -> tuple[str, ...]:
+    mode = cfg.get("pooling_mode")
+    if mode is not None:
+        return (mode,) if isinstance(mode, str) else tuple(mode)
+    return tuple(m for key, m in LEGACY_POOLING_KEYS.items() if cfg.get(key))
+
+
+def _module_kind(type_name: str) -> str:
+    short = type_name.rsplit(".", 1)[-1]
+    if short not in ST_MODULES:
+        raise SnapshotError(
+            f"modules.json names a module {type_name!r} that embzoo does not run; supported: {ST_MODULES}"
+        )
+    return short
+
+
+def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
+    """The transformer's folder and the modules around it, from modules.json if there is one."""
+    spec: dict[str, Any] = {}
+    model_dir = root
+    dense: list[DenseSpec] = []
+    st_cfg = root / "config_sentence_transformers.json"
+    if st_cfg.is_file():
+        cfg = read_json(st_cfg)
+        spec["prompts"] = dict(cfg.get("prompts") or {})
+        spec["default_prompt_name"] = cfg.get("default_prompt_name")
+    if not (root / "modules.json").is_file():
+        return model_dir, PipelineSpec(**spec)
+    for module in read_json(root / "modules.json"):
+        kind, sub = _module_kind(module["type"]), root / module.get("path", "")
+        if kind == ST_TRANSFORMER:
+            model_dir = sub
+            for name in ("sentence_bert_config.json", "sentence_transformers_config.json"):
+                if (sub / name).is_file():
+                    cfg = read_json(sub / name)
+                    spec["max_seq_length"] = cfg.get("max_seq_length")
+                    spec["do_lower_case"] = bool(cfg.get("do_lower_case", False))
+                    break
+        elif kind == ST_POOLING:
+            cfg = read_json(sub / "config.json")
+            spec["pooling"] = _pooling_modes(cfg)
+            spec["include_prompt"] = bool(cfg.get("include_prompt", True))
+        elif kind == ST_DENSE:
+            cfg = read_json(sub / "config.json")
+            dense.append(
+                DenseSpec(
+                    sub,
+                    int(cfg["in_features"]),
+                    int(cfg["out_features"]),
+                    bool(cfg.get("bias", True)),
+                    cfg.get("activation_function", "torch.nn.modules.activation.Tanh"),
+                )
+            )
+        else:
+            spec["normalize"] = True
+    spec["dense"] = tuple(dense)
+    spec.setdefault("normalize", False)
+    return model_dir, PipelineSpec(**spec)
+
+
+def read_snapshot(path: str | Path) -> Snapshot:
+    root = Path(path)
+    model_dir, pipeline = read_pipeline(root)
+    return Snapshot(root, model_dir, read_json(model_dir / "config.json"), pipeline)
+
+
+def _shards(folder: Path, index_name: str) -> list[Path]:
+    index = read_json(folder / index_name)
+    return [folder / f for f in sorted(set(index["weight_map"].values()))]
+
+
+def open_weights(folder: Path) -> tuple[list[str], Callable[[str], torch.Tensor]]:
+    """All tensor names in the folder's weights and a loader for one tensor (read lazily)."""
+    present = [f for f in WEIGHT_FILES if (folder / f).is_file()]
+    if not present:
+        raise SnapshotError(f"no weights in {folder}: looked for {list(WEIGHT_FILES)}")
+    first = present[0]
+    files = _shards(folder, first) if first.endswith(".index.json") else [folder / first]
+    where: dict[str, Callable[[str], torch.Tensor]] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            handle = safe_open(str(file), framework="pt")
+            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not mappings
+                where[key] = handle.get_tensor
+        else:  # legacy pickle-free load: tensors only
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            for key in state:
+                where[key] = state.__getitem__
+    return sorted(where), lambda key: where[key](key)

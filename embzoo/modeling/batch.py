@@ -1,0 +1,67 @@
+"""PackedBatch: the model's input, a ragged batch flattened to one token stream with no padding."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PackedBatch:
+    """B sequences of T tokens in total. positions are 0-based within each sequence."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    cu_seqlens: torch.Tensor  # [B+1] int32, cu_seqlens[0] = 0, cu_seqlens[-1] = T
+    max_seqlen: int
+    token_type_ids: torch.Tensor | None = None  # [T] int64
+
+    @classmethod
+    def from_sequences(
+        cls, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None
+    ) -> PackedBatch:
+        """Pack token-id lists (each non-empty) into one CPU batch."""
+        lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
+        if (lengths == 0).any():
+            raise ValueError("every sequence needs at least one token; got an empty token list")
+        cu = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=cu[1:])
+        positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(cu[-1]))
+        types = None
+        if type_ids is not None:
+            types = torch.from_numpy(
+                np.fromiter(itertools.chain.from_iterable(type_ids), dtype=np.int64, count=int(cu[-1]))
+            )
+        return cls(
+            input_ids=torch.from_numpy(flat),
+            positions=torch.from_numpy(positions),
+            cu_seqlens=torch.from_numpy(cu.astype(np.int32)),
+            max_seqlen=int(lengths.max(initial=0)),
+            token_type_ids=types,
+        )
+
+    @property
+    def num_sequences(self) -> int:
+        return self.cu_seqlens.numel() - 1
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        """Copy to device; pinned host memory makes the copy asynchronous."""
+        pin = torch.device(device).type == "cuda"
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+        return PackedBatch(
+            move(self.input_ids),
+            move(self.positions),
+            move(self.cu_seqlens),
+            self.max_seqlen,
+            move(self.token_type_ids),
+        )

@@ -1,0 +1,35 @@
+"""Token + learned absolute position + token-type embeddings on a packed stream."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from embzoo.config import ArchConfig
+from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.layers import make_norm
+
+
+class Embeddings(nn.Module):
+    """input ids [T] → hidden [T, D]. Positions are shifted by cfg.position_offset (RoBERTa: 2)."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.positions == "absolute" else None
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg) if cfg.embed_norm else nn.Identity()
+
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        h = self.tok(batch.input_ids)
+        if self.pos is not None:
+            h = h + self.pos(batch.positions + self.cfg.position_offset)
+        if self.token_type is not None:
+            # no token types given means every token is type 0 (a single segment)
+            h = h + (
+                self.token_type.weight[0]
+                if batch.token_type_ids is None
+                else self.token_type(batch.token_type_ids)
+            )
+        return self.norm(h)

@@ -1,0 +1,25 @@
+"""Token-budget batching: group sequences so each batch holds at most `batch_tokens` tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def token_budget_batches(lengths: Sequence[int], batch_tokens: int, sort: bool = True) -> list[np.ndarray]:
+    """Index arrays, each a batch whose lengths sum to ≤ batch_tokens (a longer single sequence gets a
+    batch of its own). sort=True orders by length, longest first; sort=False keeps arrival order."""
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be positive, got {batch_tokens}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable") if sort else np.arange(len(lengths))
+    batches, start, total = [], 0, 0
+    for pos, n in enumerate(lengths[order].tolist()):
+        if total + n > batch_tokens and pos > start:
+            batches.append(order[start:pos])
+            start, total = pos, 0
+        total += n
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
