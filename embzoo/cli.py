@@ -1,0 +1,128 @@
+"""Command line: `embzoo embed | list | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+DEMO_QUERY = "Which animal is chasing something?"
+
+
+def _read_inputs(args: argparse.Namespace) -> list[str]:
+    if args.file and args.texts:
+        raise SystemExit("embzoo embed: give TEXT arguments or --file, not both")
+    if not args.file:
+        if not args.texts:
+            raise SystemExit("embzoo embed: nothing to embed; give TEXT arguments or --file F")
+        return args.texts
+    path = Path(args.file)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    items = [json.loads(line) for line in lines]
+    return [item["text"] if isinstance(item, dict) else item for item in items]
+
+
+def _load(args: argparse.Namespace):
+    import embzoo
+
+    return embzoo.load(args.model, device=args.device, dtype=args.dtype)
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    texts = _read_inputs(args)
+    model = _load(args)
+    vectors = model.encode(
+        texts, prompt_name=args.prompt_name, dimensions=args.dimensions, precision=args.precision
+    )
+    if args.output and args.output.endswith(".npy"):
+        np.save(args.output, vectors)
+        print(f"wrote {vectors.shape} {vectors.dtype} to {args.output}", file=sys.stderr)
+        return
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as sink:
+            _write_jsonl(sink, texts, vectors)
+    else:
+        _write_jsonl(sys.stdout, texts, vectors)
+
+
+def _write_jsonl(sink: TextIO, texts: list[str], vectors: np.ndarray) -> None:
+    for text, vector in zip(texts, vectors, strict=True):
+        sink.write(json.dumps({"text": text, "embedding": vector.tolist()}) + "\n")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from embzoo.catalog import CATALOG
+
+    rows = [("model", "family", "pooling", "dim", "max len", "prompts")]
+    for e in CATALOG.values():
+        rows.append(
+            (
+                e.hub_id,
+                e.model_type,
+                "+".join(e.pooling),
+                str(e.dimension),
+                str(e.max_seq_length),
+                ",".join(e.prompts) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    sentences = resources.files("embzoo").joinpath("data/demo_sentences.txt").read_text("utf-8").splitlines()
+    model = _load(args)
+    docs = model.encode(sentences, normalize=True)
+    query = model.encode(args.query, normalize=True)
+    scores = docs @ query
+    print(f"model: {model.name}  ({model.dimension}-d, {model.device})")
+    print(f"query: {args.query}")
+    for rank, i in enumerate(np.argsort(-scores)[: args.top_k], start=1):
+        print(f"{rank:2d}. {scores[i]:.4f}  {sentences[i]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_model(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)"
+        )
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+        p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+        return p
+
+    embed = with_model(sub.add_parser("embed", help="embed texts; JSON lines to stdout or .npy/.jsonl file"))
+    embed.add_argument("texts", nargs="*", metavar="TEXT")
+    embed.add_argument("--file", help="input: one text per line, or .jsonl of strings / {'text': ...}")
+    embed.add_argument("--output", "-o", help="write here: .npy (array) or anything else (JSON lines)")
+    embed.add_argument("--prompt-name", default=None)
+    embed.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N dims")
+    embed.add_argument("--precision", default="float32", choices=["float32", "binary", "ubinary"])
+    embed.set_defaults(func=cmd_embed)
+
+    sub.add_parser("list", help="catalogued checkpoints").set_defaults(func=cmd_list)
+
+    demo = with_model(sub.add_parser("demo", help="semantic search over a handful of shipped sentences"))
+    demo.add_argument("--query", default=DEMO_QUERY)
+    demo.add_argument("--top-k", type=int, default=5)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

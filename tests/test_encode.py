@@ -1,0 +1,150 @@
+"""Embedder.encode on tiny sentence-transformers folders: every pooling mode, Dense, prompts,
+Matryoshka dimensions and quantized precisions, each against sentence-transformers."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import quantize_embeddings
+from transformers import BertConfig, BertModel
+
+import embzoo
+from conftest import write_st_layout
+
+TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+TEXTS = ["hello world", "", "a longer sentence with several more words in it", "ok", "naïve café"]
+
+
+def tiny_folder(make_checkpoint, pooling, normalize=False, dense=None, **st_config):
+    folder, _ = make_checkpoint(BertModel, TINY)
+    write_st_layout(folder, {"embedding_dimension": 32} | pooling, normalize, 64, **st_config)
+    if dense is not None:
+        modules = json.loads((folder / "modules.json").read_text())
+        modules.insert(2, {"path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+        modules = [m | {"idx": i, "name": str(i)} for i, m in enumerate(modules)]
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "2_Dense").mkdir()
+        out = dense["out_features"]
+        cfg = {"in_features": 32, "out_features": out, "bias": True, "activation_function": dense["activation"]}
+        (folder / "2_Dense" / "config.json").write_text(json.dumps(cfg))
+        torch.manual_seed(3)
+        save_file(
+            {"linear.weight": torch.randn(out, 32) * 0.2, "linear.bias": torch.randn(out) * 0.1},
+            str(folder / "2_Dense" / "model.safetensors"),
+        )
+    return folder
+
+
+def both(folder):
+    return embzoo.load(folder, device="cpu"), SentenceTransformer(str(folder), device="cpu")
+
+
+POOLINGS = [
+    {"pooling_mode": "cls"},
+    {"pooling_mode": "mean"},
+    {"pooling_mode": "max"},
+    {"pooling_mode": "lasttoken"},
+    {"pooling_mode": "weightedmean"},
+    {"pooling_mode": "mean_sqrt_len_tokens"},
+    {"pooling_mode": ["cls", "mean", "max"]},
+    {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
+]
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=lambda p: json.dumps(p))
+def test_pooling_modes_match_sentence_transformers(make_checkpoint, pooling):
+    ours, ref = both(tiny_folder(make_checkpoint, pooling))
+    np.testing.assert_allclose(ours.encode(TEXTS), ref.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["mean", "weightedmean", "cls", "max"])
+def test_include_prompt_false_matches_sentence_transformers(make_checkpoint, mode):
+    pooling = {"pooling_mode": mode, "include_prompt": False}
+    ours, ref = both(tiny_folder(make_checkpoint, pooling, prompts={"query": "search query: "}))
+    got = ours.encode(TEXTS, prompt_name="query")
+    np.testing.assert_allclose(got, ref.encode(TEXTS, prompt_name="query"), atol=1e-5, rtol=0)
+
+
+def test_dense_and_normalize_match_sentence_transformers(make_checkpoint):
+    dense = {"out_features": 12, "activation": "torch.nn.modules.activation.Tanh"}
+    ours, ref = both(tiny_folder(make_checkpoint, {"pooling_mode": "mean"}, normalize=True, dense=dense))
+    assert ours.dimension == 12
+    np.testing.assert_allclose(ours.encode(TEXTS), ref.encode(TEXTS), atol=1e-5, rtol=0)
+
+
+def test_default_prompt_name_matches_sentence_transformers(make_checkpoint):
+    folder = tiny_folder(
+        make_checkpoint, {"pooling_mode": "mean"}, prompts={"query": "query: ", "doc": ""}, default_prompt_name="query"
+    )
+    ours, ref = both(folder)
+    np.testing.assert_allclose(ours.encode(TEXTS), ref.encode(TEXTS), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        ours.encode(TEXTS, prompt_name="doc"), ref.encode(TEXTS, prompt_name="doc"), atol=1e-5, rtol=0
+    )
+
+
+@pytest.fixture
+def mean_model(make_checkpoint):
+    return embzoo.load(tiny_folder(make_checkpoint, {"pooling_mode": "mean"}, normalize=True), device="cpu")
+
+
+def test_dimensions_truncate_then_normalize(mean_model):
+    full = mean_model.encode(TEXTS, normalize=False)
+    got = mean_model.encode(TEXTS, dimensions=8)
+    want = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(mean_model.encode(TEXTS, dimensions=8, normalize=False), full[:, :8], atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
+def test_precisions_match_sentence_transformers_quantization(mean_model, precision):
+    calibration = [f"calibration text number {i} about {w}" for i, w in enumerate("abcdefghijklmnop")]
+    ranges = mean_model.calibrate(calibration, dimensions=16)
+    floats = mean_model.encode(TEXTS, dimensions=16)
+    got = mean_model.encode(TEXTS, dimensions=16, precision=precision)
+    want = quantize_embeddings(floats, precision=precision, ranges=ranges)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def test_int8_never_derives_ranges_from_the_batch(mean_model):
+    with pytest.raises(ValueError, match="calibrate"):
+        mean_model.encode(TEXTS, precision="int8")
+    explicit = np.stack([np.full(32, -1.0), np.full(32, 1.0)])
+    alone = mean_model.encode(TEXTS[:1], precision="int8", int8_ranges=explicit)
+    batch = mean_model.encode(TEXTS, precision="int8", int8_ranges=explicit)
+    np.testing.assert_array_equal(alone[0], batch[0])
+    with pytest.raises(ValueError, match=r"expected \(2, 8\)"):
+        mean_model.encode(TEXTS, precision="int8", int8_ranges=explicit, dimensions=8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"prompt_name": "query"}, ValueError, r"unknown prompt_name 'query'; this model's prompts are \[\]"),
+        ({"prompt": "x", "prompt_name": "y"}, ValueError, "either prompt or prompt_name"),
+        ({"dimensions": 33}, ValueError, r"dimensions must be in 1\.\.32"),
+        ({"precision": "int4"}, ValueError, "allowed"),
+        ({"output": "sparse"}, ValueError, "allowed"),
+        ({"output": "tokens", "dimensions": 8}, ValueError, "output='sentence' only"),
+    ],
+)
+def test_bad_arguments_name_the_fix(mean_model, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        mean_model.encode(TEXTS, **kwargs)
+
+
+@pytest.mark.parametrize("bad", [["ok", 3], [None], [b"bytes"]])
+def test_non_str_input_is_rejected(mean_model, bad):
+    with pytest.raises(TypeError, match="item"):
+        mean_model.encode(bad)
+
+
+def test_truncation_warns_once_with_the_count(mean_model):
+    texts = ["word " * 100, "short", "word " * 70]
+    with pytest.warns(embzoo.tokenization.TruncationWarning) as record:
+        mean_model.encode(texts)
+    assert len(record) == 1 and "2 of 3 inputs were longer than 64 tokens" in str(record[0].message)
