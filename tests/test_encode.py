@@ -6,15 +6,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_st_layout
 from safetensors.torch import save_file
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import quantize_embeddings
 from transformers import BertConfig, BertModel
 
 import embzoo
-from conftest import write_st_layout
 
-TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+TINY = BertConfig(
+    vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
 TEXTS = ["hello world", "", "a longer sentence with several more words in it", "ok", "naïve café"]
 
 
@@ -28,7 +30,12 @@ def tiny_folder(make_checkpoint, pooling, normalize=False, dense=None, **st_conf
         (folder / "modules.json").write_text(json.dumps(modules))
         (folder / "2_Dense").mkdir()
         out = dense["out_features"]
-        cfg = {"in_features": 32, "out_features": out, "bias": True, "activation_function": dense["activation"]}
+        cfg = {
+            "in_features": 32,
+            "out_features": out,
+            "bias": True,
+            "activation_function": dense["activation"],
+        }
         (folder / "2_Dense" / "config.json").write_text(json.dumps(cfg))
         torch.manual_seed(3)
         save_file(
@@ -77,7 +84,10 @@ def test_dense_and_normalize_match_sentence_transformers(make_checkpoint):
 
 def test_default_prompt_name_matches_sentence_transformers(make_checkpoint):
     folder = tiny_folder(
-        make_checkpoint, {"pooling_mode": "mean"}, prompts={"query": "query: ", "doc": ""}, default_prompt_name="query"
+        make_checkpoint,
+        {"pooling_mode": "mean"},
+        prompts={"query": "query: ", "doc": ""},
+        default_prompt_name="query",
     )
     ours, ref = both(folder)
     np.testing.assert_allclose(ours.encode(TEXTS), ref.encode(TEXTS), atol=1e-5, rtol=0)
@@ -96,7 +106,9 @@ def test_dimensions_truncate_then_normalize(mean_model):
     got = mean_model.encode(TEXTS, dimensions=8)
     want = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
-    np.testing.assert_allclose(mean_model.encode(TEXTS, dimensions=8, normalize=False), full[:, :8], atol=1e-6)
+    np.testing.assert_allclose(
+        mean_model.encode(TEXTS, dimensions=8, normalize=False), full[:, :8], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
