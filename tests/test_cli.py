@@ -1,0 +1,44 @@
+"""The command line, driven in-process as a user would call it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from embzoo.cli import main
+
+
+def test_demo_ranks_the_matching_sentence_first(capsys):
+    main(["demo", "--device", "cpu", "--top-k", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("model: sentence-transformers/all-MiniLM-L6-v2")
+    assert " 1. " in lines[2] and "cheetah" in lines[2]
+    assert len(lines) == 5
+
+
+def test_embed_writes_json_lines(capsys):
+    main(["embed", "--device", "cpu", "first text", "second"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["first text", "second"]
+    assert all(len(r["embedding"]) == 384 for r in rows)
+
+
+def test_embed_file_to_npy(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('"plain string"\n{"text": "an object"}\n\n')
+    out = tmp_path / "out.npy"
+    main(["embed", "--device", "cpu", "--file", str(src), "--dimensions", "64", "-o", str(out)])
+    vectors = np.load(out)
+    assert vectors.shape == (2, 64)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_without_input_explains(capsys):
+    with pytest.raises(SystemExit, match="give TEXT arguments or --file"):
+        main(["embed"])
+
+
+def test_list_shows_the_catalog(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    assert "BAAI/bge-m3" in out and "intfloat/multilingual-e5-large" in out

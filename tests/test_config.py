@@ -1,0 +1,54 @@
+"""ArchConfig validation and round trip; every family and kernel module has its own test file."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from embzoo import ArchConfig, UnsupportedConfig
+from embzoo.modeling.backbone import Backbone
+from embzoo.modeling.batch import PackedBatch
+from embzoo.registry import supported_model_types
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+
+
+def test_round_trip_and_derived_head_dim():
+    cfg = ArchConfig(**SMALL, position_offset=2, max_positions=20)
+    assert cfg.head_dim == 8
+    assert ArchConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"norm": "batch"}, r"ArchConfig.norm='batch'; allowed"),
+        ({"num_heads": 3}, "not divisible"),
+    ],
+)
+def test_invalid_values_are_rejected(changes, message):
+    with pytest.raises(UnsupportedConfig, match=message):
+        ArchConfig(**SMALL | changes)
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(UnsupportedConfig, match=r"unknown ArchConfig fields \['rope'\]"):
+        ArchConfig.from_dict({**SMALL, "rope": True})
+
+
+def test_backbone_refuses_sequences_past_its_positions():
+    backbone = Backbone(ArchConfig(**SMALL, position_offset=2, max_positions=10))
+    assert backbone.max_seq_len == 8
+    with torch.no_grad():
+        assert backbone(PackedBatch.from_sequences([[1] * 8])).shape == (8, 16)
+        with pytest.raises(ValueError, match="9 tokens exceeds the model's limit of 8"):
+            backbone(PackedBatch.from_sequences([[1] * 9]))
+
+
+def test_every_family_and_kernel_has_a_test_file():
+    families = {p.stem for p in (ROOT / "embzoo/conversion/families").glob("[!_]*.py")}
+    assert families and all((ROOT / f"tests/families/test_{f}.py").is_file() for f in families)
+    assert "bert" in {t.replace("-", "") for t in supported_model_types()}
+    kernels = {p.stem for p in (ROOT / "embzoo/kernels").glob("[!_]*.py")} - {"dispatch"}
+    assert kernels and all((ROOT / f"tests/kernels/test_{k}.py").is_file() for k in kernels)

@@ -1,0 +1,39 @@
+"""Token-budget batching and PackedBatch construction."""
+
+import numpy as np
+import pytest
+import torch
+
+from embzoo.modeling.batch import PackedBatch
+from embzoo.packing import token_budget_batches
+
+
+@pytest.mark.parametrize("sort", [True, False])
+def test_batches_respect_the_budget_and_cover_every_index_once(sort):
+    lengths = np.random.default_rng(0).integers(1, 300, size=500)
+    batches = token_budget_batches(lengths, 1024, sort=sort)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    assert all(lengths[b].sum() <= 1024 for b in batches)
+    if sort:
+        flat = lengths[np.concatenate(batches)]
+        assert (np.diff(flat) <= 0).all()
+    else:
+        assert np.concatenate(batches).tolist() == list(range(500))
+
+
+def test_a_sequence_longer_than_the_budget_gets_its_own_batch():
+    assert [b.tolist() for b in token_budget_batches([5, 50, 5], 16)] == [[1], [0, 2]]
+    assert token_budget_batches([], 16) == []
+    with pytest.raises(ValueError, match="positive"):
+        token_budget_batches([1], 0)
+
+
+def test_packed_batch_layout():
+    batch = PackedBatch.from_sequences([[7, 8, 9], [4], [5, 6]], [[0, 0, 1], [0], [1, 1]])
+    assert batch.input_ids.tolist() == [7, 8, 9, 4, 5, 6]
+    assert batch.positions.tolist() == [0, 1, 2, 0, 0, 1]
+    assert batch.cu_seqlens.tolist() == [0, 3, 4, 6] and batch.cu_seqlens.dtype == torch.int32
+    assert batch.max_seqlen == 3 and batch.num_sequences == 3
+    assert batch.token_type_ids.tolist() == [0, 0, 1, 0, 1, 1]
+    with pytest.raises(ValueError, match="at least one token"):
+        PackedBatch.from_sequences([[1], []])
