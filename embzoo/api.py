@@ -18,6 +18,7 @@ from embzoo.tokenization import TextTokenizer
 
 OUTPUTS = ("sentence", "tokens")
 PROGRESS_MIN_TEXTS = 1024  # show_progress_bar=None shows a bar from this many texts on
+TOKENIZE_CHUNK = 4096  # texts tokenized at once; the device works on one chunk while the next is tokenized
 
 
 def _as_texts(sentences: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -119,15 +120,14 @@ class Embedder:
         normalize = self.normalize if normalize is None else normalize
         if prefix:
             texts = [prefix + t for t in texts]
-        ids = self.tokenizer(texts)
         skip = 0
         if prefix and not self.model.pooler.include_prompt:
             skip = self.tokenizer.prompt_length(prefix)
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
         if output == "tokens":
-            states = self._run(ids, batch_tokens, show, tokens=True, skip=skip)
+            states = self._run(texts, batch_tokens, show, tokens=True, skip=skip)
             return states if convert_to_tensor else [s.cpu().numpy() for s in states]
-        vectors = self._run(ids, batch_tokens, show, tokens=False, skip=skip)
+        vectors = self._run(texts, batch_tokens, show, tokens=False, skip=skip)
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
         if normalize:
@@ -152,33 +152,48 @@ class Embedder:
 
     @torch.inference_mode()
     def _run(
-        self, ids: list[list[int]], batch_tokens: int, show: bool, tokens: bool, skip: int
+        self, texts: list[str], batch_tokens: int, show: bool, tokens: bool, skip: int
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Forward all sequences in length-sorted token-budget batches; results in input order."""
+        """Tokenize chunk by chunk and forward each chunk in length-sorted token-budget batches.
+
+        GPU work is queued asynchronously, so the next chunk is tokenized while the device computes;
+        the only host sync is the final reorder into the caller's order.
+        """
         device = self.device
-        if not ids:
-            return [] if tokens else torch.zeros(0, self.dimension, device=device)
-        batches = token_budget_batches([len(s) for s in ids], batch_tokens)
         outputs: list[torch.Tensor] = []
-        for idx in tqdm(batches, disable=not show, desc="embzoo encode", unit="batch"):
-            batch = PackedBatch.from_sequences([ids[i] for i in idx]).to(device)
-            if tokens:
-                outputs.extend(self.model.backbone(batch).float().split([len(ids[i]) for i in idx]))
-                continue
-            prompt_lengths = None
-            if skip:
-                prompt_lengths = torch.full((len(idx),), skip, dtype=torch.int32, device=device)
-            outputs.append(self.model(batch, prompt_lengths))
-        order = torch.from_numpy(np.concatenate(batches))
+        order: list[np.ndarray] = []
+        truncated = 0
+        with tqdm(total=len(texts), disable=not show, desc="embzoo encode", unit="text") as bar:
+            for start in range(0, len(texts), TOKENIZE_CHUNK):
+                ids, cut = self.tokenizer.encode(texts[start : start + TOKENIZE_CHUNK])
+                truncated += cut
+                for idx in token_budget_batches([len(s) for s in ids], batch_tokens):
+                    outputs.extend(self._forward([ids[i] for i in idx], tokens, skip))
+                    order.append(idx + start)
+                    bar.update(len(idx))
+        self.tokenizer.warn_truncated(truncated, len(texts))
+        if not texts:
+            return [] if tokens else torch.zeros(0, self.dimension, device=device)
+        positions = torch.from_numpy(np.concatenate(order))
         if tokens:
-            restored: list[torch.Tensor] = [None] * len(ids)  # type: ignore[list-item]
-            for pos, state in zip(order.tolist(), outputs, strict=True):
+            restored: list[torch.Tensor] = [None] * len(texts)  # type: ignore[list-item]
+            for pos, state in zip(positions.tolist(), outputs, strict=True):
                 restored[pos] = state
             return restored
         stacked = torch.cat(outputs)
         result = torch.empty_like(stacked)
-        result[order.to(device)] = stacked
+        result[positions.to(device)] = stacked
         return result
+
+    def _forward(self, ids: list[list[int]], tokens: bool, skip: int) -> list[torch.Tensor]:
+        """One packed batch → per-text token states [len_i, hidden], or one [B, D] block of vectors."""
+        batch = PackedBatch.from_sequences(ids).to(self.device)
+        if tokens:
+            return list(self.model.backbone(batch).float().split([len(s) for s in ids]))
+        prompt_lengths = None
+        if skip:
+            prompt_lengths = torch.full((len(ids),), skip, dtype=torch.int32, device=self.device)
+        return [self.model(batch, prompt_lengths)]
 
     def calibrate(self, texts: Sequence[str], **encode_kwargs: Any) -> np.ndarray:
         """Compute and store int8/uint8 ranges ([2, D] min/max) from representative texts, encoded with

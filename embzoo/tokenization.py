@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
-
-class TruncationWarning(UserWarning):
-    """Some inputs were longer than the model's limit and were cut."""
+log = logging.getLogger(__name__)
 
 
 class TextTokenizer:
     """Batched tokenization (the Rust tokenizer's thread pool), special tokens added, truncation to
-    max_length tokens with one warning per call naming how many inputs were cut."""
+    max_length tokens; callers report truncation once per call with warn_truncated."""
 
     def __init__(self, backend: Tokenizer, max_length: int, special_ids: set[int], lowercase: bool = False):
         self.backend = backend
@@ -36,22 +34,24 @@ class TextTokenizer:
         backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
         return cls(backend, max_length, set(hf.all_special_ids), lowercase)
 
-    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text; warns once if any text was truncated."""
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids per text, and how many texts were truncated."""
         if self.lowercase:
             texts = [t.lower() for t in texts]
         encodings = self.backend.encode_batch(list(texts), add_special_tokens=True)
-        cut = sum(1 for e in encodings if e.overflowing)
-        if cut:
-            warnings.warn(
-                f"{cut} of {len(encodings)} inputs were longer than {self.max_length} tokens and were "
-                "truncated to that limit",
-                TruncationWarning,
-                stacklevel=3,
+        return [e.ids for e in encodings], sum(1 for e in encodings if e.overflowing)
+
+    def warn_truncated(self, truncated: int, total: int) -> None:
+        """The one warning per call that names how many inputs were cut (logged, so never deduplicated)."""
+        if truncated:
+            log.warning(
+                "%d of %d inputs were longer than %d tokens and were truncated to that limit",
+                truncated,
+                total,
+                self.max_length,
             )
-        return [e.ids for e in encodings]
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens a prompt contributes at the start of a text (its trailing special token excluded)."""
-        ids = self([prompt])[0]
+        ids = self.encode([prompt])[0][0]
         return len(ids) - 1 if ids and ids[-1] in self.special_ids else len(ids)

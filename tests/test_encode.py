@@ -155,8 +155,11 @@ def test_non_str_input_is_rejected(mean_model, bad):
         mean_model.encode(bad)
 
 
-def test_truncation_warns_once_with_the_count(mean_model):
+def test_truncation_warns_once_per_call_with_the_count(mean_model, caplog):
     texts = ["word " * 100, "short", "word " * 70]
-    with pytest.warns(embzoo.tokenization.TruncationWarning) as record:
-        mean_model.encode(texts)
-    assert len(record) == 1 and "2 of 3 inputs were longer than 64 tokens" in str(record[0].message)
+    for _ in range(2):  # the same warning again on the next call: never silent
+        caplog.clear()
+        mean_model.encode(texts, batch_tokens=70)
+        records = [r for r in caplog.records if "truncated" in r.getMessage()]
+        assert len(records) == 1 and records[0].levelname == "WARNING"
+        assert "2 of 3 inputs were longer than 64 tokens" in records[0].getMessage()
