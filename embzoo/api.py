@@ -50,9 +50,7 @@ class Embedder:
         self.normalize = normalize
         self.prompts = dict(prompts or {})
         if default_prompt_name is not None and default_prompt_name not in self.prompts:
-            raise ValueError(
-                f"default_prompt_name {default_prompt_name!r} is not among prompts {self.prompts}"
-            )
+            raise ValueError(f"default_prompt_name {default_prompt_name!r} is not among prompts {self.prompts}")
         self.default_prompt_name = default_prompt_name
         self.int8_ranges = int8_ranges
         self.name = name

@@ -38,9 +38,7 @@ def _load(args: argparse.Namespace):
 def cmd_embed(args: argparse.Namespace) -> None:
     texts = _read_inputs(args)
     model = _load(args)
-    vectors = model.encode(
-        texts, prompt_name=args.prompt_name, dimensions=args.dimensions, precision=args.precision
-    )
+    vectors = model.encode(texts, prompt_name=args.prompt_name, dimensions=args.dimensions, precision=args.precision)
     if args.output and args.output.endswith(".npy"):
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape} {vectors.dtype} to {args.output}", file=sys.stderr)
@@ -94,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_model(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument(
-            "--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)"
-        )
+        p.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
         p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
         return p

@@ -30,15 +30,11 @@ def minilm_dir() -> Path:
 def write_st_layout(folder: Path, pooling: dict, normalize: bool, max_seq_length: int, **st_config) -> None:
     """Turn a transformers folder into a sentence-transformers folder (modules at the root)."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
-    modules.append(
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
-    )
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     if normalize:
-        modules.append(
-            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-        )
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     (folder / "modules.json").write_text(json.dumps(modules))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
     if st_config:
@@ -49,9 +45,7 @@ def write_st_layout(folder: Path, pooling: dict, normalize: bool, max_seq_length
 def make_checkpoint(tmp_path, minilm_dir):
     """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it."""
 
-    def build(
-        model_cls, config, name: str = "ckpt", seed: int = 0, **save_kwargs
-    ) -> tuple[Path, torch.nn.Module]:
+    def build(model_cls, config, name: str = "ckpt", seed: int = 0, **save_kwargs) -> tuple[Path, torch.nn.Module]:
         torch.manual_seed(seed)
         config._attn_implementation = "eager"
         model = model_cls(config).eval()

@@ -14,9 +14,7 @@ from transformers import BertConfig, BertModel
 
 import embzoo
 
-TINY = BertConfig(
-    vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-)
+TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 TEXTS = ["hello world", "", "a longer sentence with several more words in it", "ok", "naïve café"]
 
 
@@ -106,9 +104,7 @@ def test_dimensions_truncate_then_normalize(mean_model):
     got = mean_model.encode(TEXTS, dimensions=8)
     want = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-6)
-    np.testing.assert_allclose(
-        mean_model.encode(TEXTS, dimensions=8, normalize=False), full[:, :8], atol=1e-6
-    )
+    np.testing.assert_allclose(mean_model.encode(TEXTS, dimensions=8, normalize=False), full[:, :8], atol=1e-6)
 
 
 @pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])

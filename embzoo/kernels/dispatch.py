@@ -67,7 +67,5 @@ def use_triton(x: torch.Tensor) -> bool:
     if not HAS_TRITON:
         raise RuntimeError("kernel implementation 'triton' was requested but triton is not installed")
     if not x.is_cuda and not interpreting():
-        raise RuntimeError(
-            f"kernel implementation 'triton' needs a CUDA tensor (got {x.device}) or TRITON_INTERPRET=1"
-        )
+        raise RuntimeError(f"kernel implementation 'triton' needs a CUDA tensor (got {x.device}) or TRITON_INTERPRET=1")
     return True

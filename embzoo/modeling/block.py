@@ -23,9 +23,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * inner, bias=cfg.qkv_bias)
         self.out = nn.Linear(inner, cfg.hidden_size, bias=cfg.out_bias)
 
-    def forward(
-        self, h: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str | None
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str | None) -> torch.Tensor:
         q, k, v = self.qkv(h).view(h.shape[0], 3, self.cfg.num_heads, self.cfg.head_dim).unbind(1)
         a = attention(q, k, v, cu_seqlens, max_seqlen, causal=self.cfg.causal, backend=backend)
         return self.out(a.reshape(h.shape[0], -1))

@@ -28,8 +28,6 @@ class Embeddings(nn.Module):
         if self.token_type is not None:
             # no token types given means every token is type 0 (a single segment)
             h = h + (
-                self.token_type.weight[0]
-                if batch.token_type_ids is None
-                else self.token_type(batch.token_type_ids)
+                self.token_type.weight[0] if batch.token_type_ids is None else self.token_type(batch.token_type_ids)
             )
         return self.norm(h)

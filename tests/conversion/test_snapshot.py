@@ -17,9 +17,7 @@ from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import SnapshotError, read_snapshot
 from embzoo.modeling.batch import PackedBatch
 
-TINY = BertConfig(
-    vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-)
+TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 IDS = [[101, 7592, 2088, 102], [101, 2023, 102]]
 
 
@@ -101,9 +99,7 @@ def test_wrong_shape_is_reported(plain):
 
 
 def test_unsupported_sentence_transformers_module(plain):
-    (plain / "modules.json").write_text(
-        json.dumps([{"path": "", "type": "sentence_transformers.models.LSTM"}])
-    )
+    (plain / "modules.json").write_text(json.dumps([{"path": "", "type": "sentence_transformers.models.LSTM"}]))
     with pytest.raises(SnapshotError, match="LSTM.*supported"):
         read_snapshot(plain)
 

@@ -64,15 +64,9 @@ def reference_hidden(model, seqs, pad_id):
 SMALL = dict(vocab_size=300, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
 CONFIGS = [
     pytest.param(BertModel, BertConfig(**SMALL), id="bert-gelu"),
-    pytest.param(
-        BertModel, BertConfig(**SMALL | dict(hidden_act="gelu_new", type_vocab_size=1)), id="bert-tanh"
-    ),
-    pytest.param(
-        BertModel, BertConfig(**SMALL | dict(hidden_size=36, num_attention_heads=3)), id="bert-3heads"
-    ),
-    pytest.param(
-        BertModel, BertConfig(**SMALL | dict(hidden_act="relu", num_hidden_layers=3)), id="bert-relu"
-    ),
+    pytest.param(BertModel, BertConfig(**SMALL | dict(hidden_act="gelu_new", type_vocab_size=1)), id="bert-tanh"),
+    pytest.param(BertModel, BertConfig(**SMALL | dict(hidden_size=36, num_attention_heads=3)), id="bert-3heads"),
+    pytest.param(BertModel, BertConfig(**SMALL | dict(hidden_act="relu", num_hidden_layers=3)), id="bert-relu"),
     pytest.param(RobertaModel, RobertaConfig(**SMALL | dict(max_position_embeddings=80)), id="roberta"),
     pytest.param(
         XLMRobertaModel,
