@@ -80,3 +80,11 @@ def test_tensor_output_and_single_text(ours):
     assert isinstance(v, torch.Tensor) and v.shape == (384,) and v.dtype == torch.float32
     assert ours.encode([]).shape == (0, 384)
     assert torch.linalg.vector_norm(v).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bfloat16_weights_stay_close_to_float32(ours):
+    low = embzoo.load(device="cpu", dtype="bfloat16")
+    assert next(low.model.backbone.parameters()).dtype == torch.bfloat16
+    a, b = ours.encode(TEXTS[1:4]), low.encode(TEXTS[1:4])
+    assert b.dtype == np.float32
+    assert (np.sum(a * b, axis=1) > 0.99).all()

@@ -129,3 +129,10 @@ def test_folder_without_anything_defaults_to_mean_pooling(plain, caplog):
     m = embzoo.load(plain, device="cpu")
     assert m.model.pooler.modes == ("mean",) and not m.normalize
     assert "mean pooling" in caplog.text
+
+
+def test_max_seq_length_override(plain):
+    m = embzoo.load(plain, device="cpu", max_seq_length=16)
+    assert m.max_seq_length == 16 and len(m.tokenizer.encode(["word " * 40])[0][0]) == 16
+    with pytest.raises(ValueError, match="exceeds the model's position limit 512"):
+        embzoo.load(plain, device="cpu", max_seq_length=600)
