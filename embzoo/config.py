@@ -13,13 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
-Positions = Literal["absolute", "none"]
-NormKind = Literal["layer", "rms"]
 
 _CHOICES = {
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
-    "positions": ("absolute", "none"),
-    "norm": ("layer", "rms"),
 }
 
 
@@ -40,12 +36,10 @@ class ArchConfig:
     head_dim: int = 0  # 0 = hidden_size // num_heads
     # embeddings
     type_vocab_size: int = 0  # 0 = no token-type table
-    positions: Positions = "absolute"
-    max_positions: int = 512  # rows of the learned position table; longest input the model accepts
+    max_positions: int = 512  # rows of the learned absolute-position table
     position_offset: int = 0  # first position id (RoBERTa/XLM-R: padding_idx + 1)
     embed_norm: bool = True  # norm right after the embedding sum
     # norms
-    norm: NormKind = "layer"
     norm_eps: float = 1e-12
     # attention
     causal: bool = False

@@ -23,7 +23,7 @@ def test_round_trip_and_derived_head_dim():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"norm": "batch"}, r"ArchConfig.norm='batch'; allowed"),
+        ({"activation": "mish"}, r"ArchConfig.activation='mish'; allowed"),
         ({"num_heads": 3}, "not divisible"),
     ],
 )

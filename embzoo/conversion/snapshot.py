@@ -180,8 +180,11 @@ def open_weights(folder: Path) -> tuple[list[str], Callable[[str], torch.Tensor]
             handle = safe_open(str(file), framework="pt")
             for key in handle.keys():  # noqa: SIM118 - safe_open handles are not mappings
                 where[key] = handle.get_tensor
-        else:  # legacy pickle-free load: tensors only
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        else:  # legacy .bin: weights_only never unpickles code; mmap needs the zip format (torch >= 1.6)
+            try:
+                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:
+                state = torch.load(file, map_location="cpu", weights_only=True)
             for key in state:
                 where[key] = state.__getitem__
     return sorted(where), lambda key: where[key](key)

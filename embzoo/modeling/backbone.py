@@ -24,9 +24,7 @@ class Backbone(nn.Module):
     @property
     def max_seq_len(self) -> int:
         """Longest sequence the position table covers."""
-        if self.cfg.positions == "absolute":
-            return self.cfg.max_positions - self.cfg.position_offset
-        return 2**31 - 1
+        return self.cfg.max_positions - self.cfg.position_offset
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         if batch.max_seqlen > self.max_seq_len:

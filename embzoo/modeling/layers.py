@@ -15,9 +15,7 @@ ACTIVATIONS = {
 
 
 def make_norm(cfg: ArchConfig) -> nn.Module:
-    """The configured norm over the last dim (hidden_size)."""
-    if cfg.norm == "rms":
-        return nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+    """LayerNorm over the last dim (hidden_size)."""
     return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
 
 

@@ -39,12 +39,14 @@ def test_sharded_safetensors_load_the_same_model(make_checkpoint, plain):
     torch.testing.assert_close(hidden(folder), hidden(plain), atol=0, rtol=0)
 
 
-def test_legacy_bin_loads_the_same_model(plain, tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "pre-1.6-format"])
+def test_legacy_bin_loads_the_same_model(plain, tmp_path, zip_format):
     """Old checkpoints ship pytorch_model.bin; it is read with weights_only=True (no unpickling)."""
     folder = tmp_path / "legacy"
     folder.mkdir()
     shutil.copy(plain / "config.json", folder)
-    torch.save(load_file(str(plain / "model.safetensors")), folder / "pytorch_model.bin")
+    state = load_file(str(plain / "model.safetensors"))
+    torch.save(state, folder / "pytorch_model.bin", _use_new_zipfile_serialization=zip_format)
     torch.testing.assert_close(hidden(folder), hidden(plain), atol=0, rtol=0)
 
 
