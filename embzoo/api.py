@@ -100,7 +100,7 @@ class Embedder:
         dimensions: int | None = None,
         precision: str = "float32",
         int8_ranges: np.ndarray | None = None,
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         output: str = "sentence",
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
@@ -111,11 +111,14 @@ class Embedder:
 
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
         Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
+        batch_tokens: tokens per packed batch (None: 16384 on CUDA, 4096 elsewhere).
         """
         texts, single = _as_texts(sentences)
         prefix = self._prompt(prompt_name, prompt)
         self._check_output_args(output, dimensions, precision)
         normalize = self.normalize if normalize is None else normalize
+        if batch_tokens is None:
+            batch_tokens = 16384 if self.device.type == "cuda" else 4096
         if prefix:
             texts = [prefix + t for t in texts]
         skip = 0
