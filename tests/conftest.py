@@ -27,6 +27,15 @@ def minilm_dir() -> Path:
     return bundled_model_path()
 
 
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    """MiniLM's tokenizer files: $EMBZOO_TEST_TOKENIZER (the device machine lacks the ~90 MB package,
+    so carry just these files there), else the bundled folder."""
+    from embzoo.catalog import bundled_model_path
+
+    return Path(os.environ.get("EMBZOO_TEST_TOKENIZER") or bundled_model_path())
+
+
 def write_st_layout(folder: Path, pooling: dict, normalize: bool, max_seq_length: int, **st_config) -> None:
     """Turn a transformers folder into a sentence-transformers folder (modules at the root)."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
@@ -41,18 +50,22 @@ def write_st_layout(folder: Path, pooling: dict, normalize: bool, max_seq_length
         (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config))
 
 
+def save_checkpoint(model: torch.nn.Module, folder: Path, tokenizer_dir: Path, **save_kwargs) -> Path:
+    """A transformers model saved as a Hub-layout folder, with MiniLM's tokenizer files."""
+    model.save_pretrained(folder, **save_kwargs)
+    for f in MINILM_TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / f, folder / f)
+    return folder
+
+
 @pytest.fixture
-def make_checkpoint(tmp_path, minilm_dir):
+def make_checkpoint(tmp_path, tokenizer_dir):
     """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it."""
 
     def build(model_cls, config, name: str = "ckpt", seed: int = 0, **save_kwargs) -> tuple[Path, torch.nn.Module]:
         torch.manual_seed(seed)
         config._attn_implementation = "eager"
         model = model_cls(config).eval()
-        folder = tmp_path / name
-        model.save_pretrained(folder, **save_kwargs)
-        for f in MINILM_TOKENIZER_FILES:
-            shutil.copy(minilm_dir / f, folder / f)
-        return folder, model
+        return save_checkpoint(model, tmp_path / name, tokenizer_dir, **save_kwargs), model
 
     return build

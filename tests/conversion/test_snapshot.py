@@ -35,7 +35,7 @@ def plain(make_checkpoint):
 
 def test_sharded_safetensors_load_the_same_model(make_checkpoint, plain):
     folder, _ = make_checkpoint(BertModel, TINY, name="sharded", max_shard_size="300KB")
-    assert (folder / "model.safetensors.index.json").is_file()
+    assert (folder / "model.safetensors.index.json").is_file() and not (folder / "model.safetensors").exists()
     torch.testing.assert_close(hidden(folder), hidden(plain), atol=0, rtol=0)
 
 
