@@ -31,6 +31,10 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+# what a Hub download fetches (fnmatch: "*" crosses "/", so module subfolders are included);
+# ONNX/OpenVINO exports and duplicate .bin weights are left on the Hub
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
+HUB_LEGACY_WEIGHTS = ["*.json", "*pytorch_model*.bin"]
 
 
 class SnapshotError(FileNotFoundError):
@@ -86,8 +90,11 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
         raise SnapshotError(f"{name_or_path!r} is not a model folder (a directory with config.json)")
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(str(name_or_path), revision=revision))
+    try:  # configs, tokenizers and safetensors; legacy .bin weights only for repos without safetensors
+        folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_FILES))
+        if not any(folder.rglob("*.safetensors")):
+            folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_LEGACY_WEIGHTS))
+        return folder
     except Exception as e:  # offline, unknown repo, gated repo: one message with the ways out
         raise SnapshotError(
             f"could not fetch {name_or_path!r} from the Hugging Face Hub ({type(e).__name__}: {e}). "

@@ -12,6 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 import embzoo
 from embzoo.config import UnsupportedConfig
+from embzoo.conversion import snapshot
 from embzoo.conversion.load import load_backbone
 from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import SnapshotError, read_snapshot
@@ -120,7 +121,9 @@ def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
 
 def test_folder_without_sentence_transformers_files_uses_the_catalog(plain, monkeypatch):
     """A hub id the catalog knows gets its prompts and pooling even when the snapshot lacks them."""
-    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, revision=None: str(plain))
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download", lambda repo_id, revision=None, allow_patterns=None: str(plain)
+    )
     m = embzoo.load("intfloat/e5-small-v2", device="cpu")
     assert m.prompts == {"query": "query: ", "passage": "passage: "}
     assert (m.model.pooler.modes, m.normalize, m.max_seq_length) == (("mean",), True, 512)
@@ -138,3 +141,25 @@ def test_max_seq_length_override(plain):
     assert m.max_seq_length == 16 and len(m.tokenizer.encode(["word " * 40])[0][0]) == 16
     with pytest.raises(ValueError, match="exceeds the model's position limit 512"):
         embzoo.load(plain, device="cpu", max_seq_length=600)
+
+
+def fake_hub(monkeypatch, folder):
+    """huggingface_hub.snapshot_download replaced by a stub that serves `folder` and records patterns."""
+    calls = []
+
+    def download(repo_id, revision=None, allow_patterns=None):
+        calls.append(allow_patterns)
+        return str(folder)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", download)
+    return calls
+
+
+def test_hub_download_fetches_legacy_weights_only_without_safetensors(plain, tmp_path, monkeypatch):
+    calls = fake_hub(monkeypatch, plain)
+    assert snapshot.resolve("org/with-safetensors") == plain
+    assert calls == [snapshot.HUB_FILES]
+    (bin_only := tmp_path / "bin-only").mkdir()
+    calls = fake_hub(monkeypatch, bin_only)
+    snapshot.resolve("org/bin-only")
+    assert calls == [snapshot.HUB_FILES, snapshot.HUB_LEGACY_WEIGHTS]
