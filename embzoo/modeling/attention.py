@@ -179,18 +179,14 @@ def attention(
     _check_inputs(q, k, v, window, alibi_slopes, softcap)
     features = requested_features(causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
     name = resolve_backend(q.device, q.dtype, features, backend)
-    return _IMPLS[name](
-        q,
-        k,
-        v,
-        cu_seqlens,
-        max_seqlen,
+    options = _Options(
         causal=causal,
         window=_effective_window(causal, window),
         alibi_slopes=alibi_slopes,
         scale=q.shape[-1] ** -0.5 if scale is None else scale,
         softcap=softcap or None,
     )
+    return _IMPLS[name](q, k, v, cu_seqlens, max_seqlen, options)
 
 
 def _check_inputs(
@@ -212,6 +208,18 @@ def _check_inputs(
         raise ValueError(f"alibi_slopes must be [H={q.shape[1]}]; got {tuple(alibi_slopes.shape)}")
     if softcap is not None and softcap < 0:
         raise ValueError(f"softcap must be >= 0 (0 or None = off); got {softcap}")
+
+
+@dataclass(frozen=True)
+class _Options:
+    """One call's options as every backend receives them: scale resolved, causality folded into
+    window's right bound (0), softcap None when off."""
+
+    causal: bool
+    window: Window
+    alibi_slopes: torch.Tensor | None
+    scale: float
+    softcap: float | None
 
 
 def _effective_window(causal: bool, window: Window | None) -> Window:
@@ -253,27 +261,22 @@ def _sdpa(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
-    *,
-    causal: bool,
-    window: Window,
-    alibi_slopes: torch.Tensor | None,
-    scale: float,
-    softcap: float | None,
+    o: _Options,
 ) -> torch.Tensor:
     """Pad to [B, H, S, d], attend with a dense mask (fp32 when ALiBi/softcap), unpad."""
     heads = q.shape[1]
     qp, kp, vp = (kernels.pad(x, cu_seqlens, max_seqlen).transpose(1, 2) for x in (q, k, v))
-    ok = _allowed(cu_seqlens[1:] - cu_seqlens[:-1], max_seqlen, window)[:, None]
-    bias = None if alibi_slopes is None else _alibi_bias(alibi_slopes, max_seqlen)
-    if softcap is not None:
-        out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), ok, bias, scale, softcap)
+    ok = _allowed(cu_seqlens[1:] - cu_seqlens[:-1], max_seqlen, o.window)[:, None]
+    bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, max_seqlen)
+    if o.softcap is not None:
+        out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), ok, bias, o.scale, o.softcap)
     elif bias is not None:
         mask = bias.masked_fill(~ok, float("-inf"))
         out = F.scaled_dot_product_attention(
-            qp.float(), kp.float(), vp.float(), attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != heads
+            qp.float(), kp.float(), vp.float(), attn_mask=mask, scale=o.scale, enable_gqa=k.shape[1] != heads
         )
     else:
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=ok, scale=scale, enable_gqa=k.shape[1] != heads)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=ok, scale=o.scale, enable_gqa=k.shape[1] != heads)
     return kernels.unpad(out.transpose(1, 2), cu_seqlens).to(q.dtype)
 
 
@@ -304,12 +307,7 @@ def _varlen(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
-    *,
-    causal: bool,
-    window: Window,
-    alibi_slopes: torch.Tensor | None,
-    scale: float,
-    softcap: float | None,
+    o: _Options,
 ) -> torch.Tensor:
     """torch varlen_attn; causal is window_size (-1, 0), GQA via enable_gqa or repeated K/V heads."""
     varlen_attn, has_gqa = _varlen_api()
@@ -320,7 +318,7 @@ def _varlen(
         else:
             k, v = _repeat_kv(k, q.shape[1], 1), _repeat_kv(v, q.shape[1], 1)
     return varlen_attn(
-        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale, window_size=window, **kwargs
+        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=o.scale, window_size=o.window, **kwargs
     )
 
 
@@ -330,12 +328,7 @@ def _flash(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
-    *,
-    causal: bool,
-    window: Window,
-    alibi_slopes: torch.Tensor | None,
-    scale: float,
-    softcap: float | None,
+    o: _Options,
 ) -> torch.Tensor:
     """flash_attn_varlen_func with every feature passed through (GQA is native)."""
     return _flash_varlen_func()(
@@ -346,11 +339,11 @@ def _flash(
         cu_seqlens,
         max_seqlen,
         max_seqlen,
-        softmax_scale=scale,
-        causal=causal,
-        window_size=window,
-        softcap=softcap or 0.0,
-        alibi_slopes=alibi_slopes,
+        softmax_scale=o.scale,
+        causal=o.causal,
+        window_size=o.window,
+        softcap=o.softcap or 0.0,
+        alibi_slopes=o.alibi_slopes,
     )
 
 
@@ -394,12 +387,7 @@ def _flex(
     v: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
-    *,
-    causal: bool,
-    window: Window,
-    alibi_slopes: torch.Tensor | None,
-    scale: float,
-    softcap: float | None,
+    o: _Options,
 ) -> torch.Tensor:
     """FlexAttention over the packed stream as one sequence padded to P (multiple of 128)."""
     total = q.shape[0]
@@ -408,16 +396,16 @@ def _flex(
     doc = torch.searchsorted(cu_seqlens[1:], tokens, right=True)  # padding tokens form document B
     qf, kf, vf = (F.pad(x, (0, 0, 0, 0, 0, padded - total)).transpose(0, 1)[None] for x in (q, k, v))
     flex, make_mask = _compiled_flex() if q.is_cuda else (flex_attention, create_block_mask)
-    block_mask: BlockMask = make_mask(_mask_mod(doc, window), None, None, padded, padded, device=q.device)
+    block_mask: BlockMask = make_mask(_mask_mod(doc, o.window), None, None, padded, padded, device=q.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out = flex(
             qf,
             kf,
             vf,
-            score_mod=_score_mod(alibi_slopes, softcap),
+            score_mod=_score_mod(o.alibi_slopes, o.softcap),
             block_mask=block_mask,
-            scale=scale,
+            scale=o.scale,
             enable_gqa=k.shape[1] != q.shape[1],
         )
     return out[0, :, :total].transpose(0, 1).contiguous()
