@@ -107,7 +107,7 @@ class Embedder:
     ) -> Any:
         """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
-        output="tokens" gives a list of per-text [len_i, hidden] token states instead.
+        output="tokens" gives per-text [len_i, hidden] token states instead (a list; one for one str).
 
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
         Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
@@ -127,7 +127,8 @@ class Embedder:
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
         if output == "tokens":
             states = self._run(texts, batch_tokens, show, tokens=True, skip=skip)
-            return states if convert_to_tensor else [s.cpu().numpy() for s in states]
+            states = states if convert_to_tensor else [s.cpu().numpy() for s in states]
+            return states[0] if single else states
         vectors = self._run(texts, batch_tokens, show, tokens=False, skip=skip)
         if dimensions is not None:
             vectors = vectors[:, :dimensions]
@@ -136,7 +137,7 @@ class Embedder:
         if precision != "float32":
             ranges = int8_ranges if int8_ranges is not None else self.int8_ranges
             vectors = quantize(vectors.cpu().numpy(), precision, ranges)
-            vectors = torch.from_numpy(vectors) if convert_to_tensor else vectors
+            vectors = torch.from_numpy(vectors).to(self.device) if convert_to_tensor else vectors
         elif not convert_to_tensor:
             vectors = vectors.cpu().numpy()
         return vectors[0] if single else vectors
@@ -196,9 +197,25 @@ class Embedder:
             prompt_lengths = torch.full((len(ids),), skip, dtype=torch.int32, device=self.device)
         return [self.model(batch, prompt_lengths)]
 
-    def calibrate(self, texts: Sequence[str], **encode_kwargs: Any) -> np.ndarray:
+    def calibrate(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        batch_tokens: int | None = None,
+    ) -> np.ndarray:
         """Compute and store int8/uint8 ranges ([2, D] min/max) from representative texts, encoded with
         the same prompt/dimensions/normalize arguments you will use for quantized encoding."""
-        vectors = self.encode(list(texts), precision="float32", convert_to_tensor=False, **encode_kwargs)
+        vectors = self.encode(
+            list(texts),
+            prompt_name=prompt_name,
+            prompt=prompt,
+            normalize=normalize,
+            dimensions=dimensions,
+            batch_tokens=batch_tokens,
+        )
         self.int8_ranges = calibration_ranges(vectors)
         return self.int8_ranges

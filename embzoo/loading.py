@@ -11,7 +11,7 @@ from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.load import is_classifier, load_backbone, load_dense
-from embzoo.conversion.snapshot import read_snapshot, resolve
+from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
 from embzoo.tokenization import TextTokenizer
@@ -28,6 +28,19 @@ def _dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; allowed: {sorted(DTYPES)}")
     return DTYPES[dtype]
+
+
+def _max_seq_length(stated: int | None, pipe: PipelineSpec, entry: catalog.CatalogEntry | None, positions: int) -> int:
+    """The truncation length: stated (argument or sentence_bert_config.json) exactly, else the
+    tokenizer's model_max_length or the catalog's, capped at what the position table covers."""
+    if stated is None:
+        return min(pipe.tokenizer_max_length or (entry.max_seq_length if entry else positions), positions)
+    if stated > positions:
+        raise ValueError(
+            f"max_seq_length {stated} exceeds the model's position limit {positions}; "
+            f"pass embzoo.load(..., max_seq_length={positions}) or less"
+        )
+    return stated
 
 
 def load(
@@ -59,9 +72,7 @@ def load(
         pooling = ("mean",)
     normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
-    limit = max_seq_length or pipe.max_seq_length or (entry.max_seq_length if entry else backbone.max_seq_len)
-    if limit > backbone.max_seq_len:
-        raise ValueError(f"max_seq_length {limit} exceeds the model's position limit {backbone.max_seq_len}")
+    limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     model = EmbeddingModel(
         backbone.to(device, _dtype(dtype, device)),
         Pooler(pooling, pipe.include_prompt),

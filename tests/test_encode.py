@@ -159,3 +159,12 @@ def test_truncation_warns_once_per_call_with_the_count(mean_model, caplog):
         records = [r for r in caplog.records if "truncated" in r.getMessage()]
         assert len(records) == 1 and records[0].levelname == "WARNING"
         assert "2 of 3 inputs were longer than 64 tokens" in records[0].getMessage()
+
+
+def test_single_text_token_output_and_calibrate_arguments(mean_model):
+    states = mean_model.encode("hello world", output="tokens")
+    assert isinstance(states, np.ndarray) and states.shape == (4, 32)
+    ranges = mean_model.calibrate(TEXTS, dimensions=8)
+    assert ranges.shape == (2, 8)
+    q = mean_model.encode(TEXTS, dimensions=8, precision="int8", convert_to_tensor=True)
+    assert q.dtype == torch.int8 and q.device == mean_model.device

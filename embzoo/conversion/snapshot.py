@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ LEGACY_POOLING_KEYS = {  # sentence-transformers' concatenation order
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
+DENSE_UNSUPPORTED = {  # Dense config keys whose non-default values embzoo does not run
+    "use_residual": False,
+    "module_input_name": "sentence_embedding",
+    "module_output_name": "sentence_embedding",
+}
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -35,6 +41,10 @@ WEIGHT_FILES = (
 # ONNX/OpenVINO exports and duplicate .bin weights are left on the Hub
 HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 HUB_LEGACY_WEIGHTS = ["*.json", "*pytorch_model*.bin"]
+
+
+LEGACY_NORM_NAME = re.compile(r"(?<=LayerNorm\.)(gamma|beta)$")
+LEGACY_NORM_PARAMS = {"gamma": "weight", "beta": "bias"}
 
 
 class SnapshotError(FileNotFoundError):
@@ -58,7 +68,8 @@ class PipelineSpec:
     include_prompt: bool = True
     dense: tuple[DenseSpec, ...] = ()
     normalize: bool | None = None
-    max_seq_length: int | None = None
+    max_seq_length: int | None = None  # sentence_bert_config.json
+    tokenizer_max_length: int | None = None  # tokenizer_config.json model_max_length
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
@@ -90,9 +101,9 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
         raise SnapshotError(f"{name_or_path!r} is not a model folder (a directory with config.json)")
     from huggingface_hub import snapshot_download
 
-    try:  # configs, tokenizers and safetensors; legacy .bin weights only for repos without safetensors
+    try:  # configs, tokenizers and safetensors; legacy .bin weights only for folders without safetensors
         folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_FILES))
-        if not any(folder.rglob("*.safetensors")):
+        if _weightless_folders(folder):
             folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_LEGACY_WEIGHTS))
         return folder
     except Exception as e:  # offline, unknown repo, gated repo: one message with the ways out
@@ -101,6 +112,13 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
             "Check the id and your network (HF_HUB_OFFLINE=1 only reads the local cache), or pass the "
             "path of a local snapshot folder."
         ) from None
+
+
+def _weightless_folders(root: Path) -> list[Path]:
+    """The transformer and Dense folders of a snapshot that hold no safetensors weights."""
+    model_dir, pipeline = read_pipeline(root)
+    folders = [model_dir, *(d.path for d in pipeline.dense)]
+    return [f for f in folders if not any(f.glob("*.safetensors"))]
 
 
 def _pooling_modes(cfg: dict[str, Any]) -> tuple[str, ...]:
@@ -119,20 +137,46 @@ def _module_kind(type_name: str) -> str:
     return short
 
 
+def _dense_spec(folder: Path) -> DenseSpec:
+    cfg = read_json(folder / "config.json")
+    for key, default in DENSE_UNSUPPORTED.items():
+        if cfg.get(key, default) != default:
+            raise SnapshotError(
+                f"{folder}: Dense {key}={cfg[key]!r} is not supported (only {key}={default!r}); "
+                "embzoo applies Dense layers to the pooled sentence embedding"
+            )
+    activation = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
+    return DenseSpec(folder, int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg.get("bias", True)), activation)
+
+
+def _tokenizer_max_length(model_dir: Path) -> int | None:
+    """tokenizer_config.json's model_max_length, where sentence-transformers >= 6 saves max_seq_length
+    (absent or a huge placeholder means unset)."""
+    path = model_dir / "tokenizer_config.json"
+    value = read_json(path).get("model_max_length") if path.is_file() else None
+    return int(value) if isinstance(value, (int, float)) and value < 1_000_000 else None
+
+
 def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
     """The transformer's folder and the modules around it, from modules.json if there is one."""
     spec: dict[str, Any] = {}
-    model_dir = root
-    dense: list[DenseSpec] = []
     st_cfg = root / "config_sentence_transformers.json"
     if st_cfg.is_file():
         cfg = read_json(st_cfg)
         spec["prompts"] = dict(cfg.get("prompts") or {})
         spec["default_prompt_name"] = cfg.get("default_prompt_name")
     if not (root / "modules.json").is_file():
-        return model_dir, PipelineSpec(**spec)
-    for module in read_json(root / "modules.json"):
-        kind, sub = _module_kind(module["type"]), root / module.get("path", "")
+        return root, PipelineSpec(**spec, tokenizer_max_length=_tokenizer_max_length(root))
+    modules = read_json(root / "modules.json")
+    kinds = [_module_kind(m["type"]) for m in modules]
+    if not re.fullmatch(r"T(PD*)?N?", "".join(k[0] for k in kinds)):
+        raise SnapshotError(
+            f"{root}/modules.json runs {kinds}; embzoo runs Transformer → Pooling → Dense… → Normalize "
+            "(each optional after the Transformer, in that order)"
+        )
+    model_dir, dense = root, []
+    for kind, module in zip(kinds, modules, strict=True):
+        sub = root / module.get("path", "")
         if kind == ST_TRANSFORMER:
             model_dir = sub
             for name in ("sentence_bert_config.json", "sentence_transformers_config.json"):
@@ -146,21 +190,9 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
             spec["pooling"] = _pooling_modes(cfg)
             spec["include_prompt"] = bool(cfg.get("include_prompt", True))
         elif kind == ST_DENSE:
-            cfg = read_json(sub / "config.json")
-            dense.append(
-                DenseSpec(
-                    sub,
-                    int(cfg["in_features"]),
-                    int(cfg["out_features"]),
-                    bool(cfg.get("bias", True)),
-                    cfg.get("activation_function", "torch.nn.modules.activation.Tanh"),
-                )
-            )
-        else:
-            spec["normalize"] = True
-    spec["dense"] = tuple(dense)
-    spec.setdefault("normalize", False)
-    return model_dir, PipelineSpec(**spec)
+            dense.append(_dense_spec(sub))
+    spec["normalize"] = kinds[-1] == ST_NORMALIZE
+    return model_dir, PipelineSpec(**spec, dense=tuple(dense), tokenizer_max_length=_tokenizer_max_length(model_dir))
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
@@ -194,4 +226,6 @@ def open_weights(folder: Path) -> tuple[list[str], Callable[[str], torch.Tensor]
                 state = torch.load(file, map_location="cpu", weights_only=True)
             for key in state:
                 where[key] = state.__getitem__
-    return sorted(where), lambda key: where[key](key)
+    # TF-era checkpoints name LayerNorm parameters gamma/beta; transformers renames them on load too
+    names = {LEGACY_NORM_NAME.sub(lambda m: LEGACY_NORM_PARAMS[m.group(1)], key): key for key in where}
+    return sorted(names), lambda name: where[names[name]](names[name])

@@ -163,3 +163,71 @@ def test_hub_download_fetches_legacy_weights_only_without_safetensors(plain, tmp
     calls = fake_hub(monkeypatch, bin_only)
     snapshot.resolve("org/bin-only")
     assert calls == [snapshot.HUB_FILES, snapshot.HUB_LEGACY_WEIGHTS]
+
+
+def test_max_seq_length_saved_by_current_sentence_transformers(plain, tmp_path):
+    """sentence-transformers >= 6 keeps max_seq_length in tokenizer_config.json's model_max_length."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(plain), device="cpu")
+    st.max_seq_length = 16
+    st.save(str(tmp_path / "saved"))
+    ours, ref = embzoo.load(tmp_path / "saved", device="cpu"), SentenceTransformer(str(tmp_path / "saved"))
+    assert ours.max_seq_length == ref.max_seq_length == 16
+    text = " ".join(["word"] * 40)
+    np.testing.assert_allclose(ours.encode(text), ref.encode(text), atol=1e-5)
+
+
+def test_modules_in_an_order_embzoo_does_not_run(plain):
+    write_st_layout(plain, {"pooling_mode": "mean", "embedding_dimension": 32}, True, 32)
+    modules = json.loads((plain / "modules.json").read_text())
+    (plain / "modules.json").write_text(json.dumps([modules[0], modules[2], modules[1]]))
+    with pytest.raises(SnapshotError, match="Transformer → Pooling → Dense… → Normalize"):
+        read_snapshot(plain)
+
+
+@pytest.mark.parametrize("key, value", [("use_residual", True), ("module_input_name", "token_embeddings")])
+def test_dense_options_embzoo_does_not_run_are_rejected(plain, key, value):
+    write_st_layout(plain, {"pooling_mode": "mean", "embedding_dimension": 32}, False, 32)
+    modules = json.loads((plain / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (plain / "modules.json").write_text(json.dumps(modules))
+    (plain / "2_Dense").mkdir()
+    (plain / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 32, key: value}))
+    with pytest.raises(SnapshotError, match=f"Dense {key}=.* is not supported"):
+        read_snapshot(plain)
+
+
+def test_tf_era_layer_norm_names_load(plain, tmp_path):
+    """Old BERT .bin files name LayerNorm parameters gamma/beta (transformers renames them too)."""
+    folder = tmp_path / "tf-era"
+    folder.mkdir()
+    shutil.copy(plain / "config.json", folder)
+    state = load_file(str(plain / "model.safetensors"))
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in state.items()
+    }
+    assert any(k.endswith("LayerNorm.gamma") for k in renamed)
+    torch.save(renamed, folder / "pytorch_model.bin")
+    torch.testing.assert_close(hidden(folder), hidden(plain), atol=0, rtol=0)
+
+
+def test_roberta_without_pad_token_id_is_rejected():
+    from embzoo.conversion.families import bert
+
+    hf = {"model_type": "roberta", "vocab_size": 9, "hidden_size": 8, "num_hidden_layers": 1}
+    with pytest.raises(UnsupportedConfig, match="pad_token_id is null"):
+        bert.to_arch(hf | {"num_attention_heads": 2, "intermediate_size": 16, "pad_token_id": None})
+
+
+def test_hub_download_fetches_legacy_weights_for_a_dense_folder_without_safetensors(plain, monkeypatch):
+    write_st_layout(plain, {"pooling_mode": "mean", "embedding_dimension": 32}, False, 32)
+    modules = json.loads((plain / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    (plain / "modules.json").write_text(json.dumps(modules))
+    (plain / "2_Dense").mkdir()
+    (plain / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 8}))
+    calls = fake_hub(monkeypatch, plain)
+    snapshot.resolve("org/dense-with-bin")
+    assert calls == [snapshot.HUB_FILES, snapshot.HUB_LEGACY_WEIGHTS]

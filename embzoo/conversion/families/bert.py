@@ -31,6 +31,11 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     if act not in HIDDEN_ACTS:
         raise UnsupportedConfig(f"{hf['model_type']}: hidden_act {act!r}; supported: {sorted(HIDDEN_ACTS)}")
     roberta = hf["model_type"] != "bert"
+    if roberta and hf.get("pad_token_id", 1) is None:
+        raise UnsupportedConfig(
+            f"{hf['model_type']}: pad_token_id is null, but position ids start at pad_token_id + 1; "
+            "set it in config.json (RoBERTa and XLM-R use 1)"
+        )
     return ArchConfig(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
