@@ -1,5 +1,6 @@
-# The two README commands. Each creates .venv on first use (torch 2.13.0 CPU wheel first, so no
-# CUDA build is pulled in), then installs what it needs.
+# The two README commands. Each creates .venv on first use, installs torch==2.13.0 first (pinned so
+# that no other torch build is resolved by the project's torch>=2.10; here pip finds a local CPU
+# wheel), then installs what it needs.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
