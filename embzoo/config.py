@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+Positions = Literal["absolute", "rope", "alibi"]
+RopeScaling = Literal["none", "ntk_static", "ntk_dynamic"]
 
 _CHOICES = {
     "activation": ("gelu", "gelu_tanh", "relu", "silu"),
+    "positions": ("absolute", "rope", "alibi"),
+    "rope_scaling": ("none", "ntk_static", "ntk_dynamic"),
+    "norm": ("layer", "rms"),
+    "norm_placement": ("post", "pre"),
 }
+LAYER_TYPES = ("full", "local")
 
 
 class UnsupportedConfig(ValueError):
@@ -34,25 +41,48 @@ class ArchConfig:
     num_heads: int
     intermediate_size: int
     head_dim: int = 0  # 0 = hidden_size // num_heads
-    # embeddings
+    # embeddings and positions
     type_vocab_size: int = 0  # 0 = no token-type table
-    max_positions: int = 512  # rows of the learned absolute-position table
+    positions: Positions = "absolute"  # learned table | rotary on q/k | ALiBi bias
+    max_positions: int = 512  # absolute: rows of the position table; rope/alibi: longest input accepted
     position_offset: int = 0  # first position id (RoBERTa/XLM-R: padding_idx + 1)
     embed_norm: bool = True  # norm right after the embedding sum
+    # rotary (positions == "rope"): NeoX rotate-half on the first rotary_fraction of each head
+    rope_theta: float = 10000.0
+    rope_theta_local: float = 0.0  # theta on "local" layers; 0 = rope_theta
+    rotary_fraction: float = 1.0
+    rope_scaling: RopeScaling = "none"  # ntk_static: GTE; ntk_dynamic: NomicBert, per sequence
+    rope_factor: float = 1.0
+    rope_original_max: int = 0  # ntk_dynamic: sequences longer than this get an enlarged base
     # norms
+    norm: Literal["layer", "rms"] = "layer"
     norm_eps: float = 1e-12
+    norm_bias: bool = True
+    norm_placement: Literal["post", "pre"] = "post"
+    first_attn_norm: bool = True  # pre-norm: False = layer 0 has no attention norm (ModernBERT)
+    final_norm: bool = False  # a norm after the last block
     # attention
     causal: bool = False
     qkv_bias: bool = True
     out_bias: bool = True
+    layer_types: tuple[str, ...] = ()  # "full" | "local" per layer; () = all full
+    local_window: int = 0  # "local" layers: query i sees keys j with |i - j| <= local_window
     # mlp
     activation: Activation = "gelu"
+    mlp_gated: bool = False  # up projects to [gate; up] (2 × intermediate): down(act(gate) * up)
     mlp_bias: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UnsupportedConfig(f"ArchConfig.{name}={getattr(self, name)!r}; allowed: {allowed}")
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.layer_types and (len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES)):
+            raise UnsupportedConfig(
+                f"layer_types {self.layer_types} must name {self.num_layers} layers, each one of {LAYER_TYPES}"
+            )
+        if "local" in self.layer_types and self.local_window < 1:
+            raise UnsupportedConfig("local layers need local_window >= 1 (the radius |i - j| they attend over)")
         if self.head_dim == 0:
             if self.hidden_size % self.num_heads:
                 raise UnsupportedConfig(
@@ -60,6 +90,16 @@ class ArchConfig:
                     "set head_dim explicitly"
                 )
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.positions == "rope" and self.rotary_dim % 2:
+            raise UnsupportedConfig(f"rotary dims {self.rotary_dim} (head_dim × rotary_fraction) must be even")
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dims of each head that rotary rotates (the first ones)."""
+        return int(self.head_dim * self.rotary_fraction)
+
+    def layer_type(self, index: int) -> str:
+        return self.layer_types[index] if self.layer_types else "full"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

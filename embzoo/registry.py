@@ -15,6 +15,8 @@ from embzoo.conversion import families
 def _families() -> dict[str, ModuleType]:
     table: dict[str, ModuleType] = {}
     for info in pkgutil.iter_modules(families.__path__):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{families.__name__}.{info.name}")
         for model_type in module.MODEL_TYPES:
             table[model_type] = module

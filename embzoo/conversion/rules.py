@@ -2,7 +2,8 @@
 
 A Rule is an anchored regex with named groups and a target template. Rules with `fuse` gather
 several source tensors into one target (concatenated along dim 0 in the spelled-out order of the
-`fuse` group's values). Drop marks checkpoint keys that are consumed on purpose and discarded.
+`fuse` group's values); `reorder` permutes equal chunks of dim 0 (e.g. a fused [up; gate] projection
+into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpose and discarded.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Rule:
     pattern: str
     target: str
     fuse: tuple[str, tuple[str, ...]] | None = None  # (group name, order of its values), concat on dim 0
+    reorder: tuple[int, ...] | None = None  # split dim 0 into len(reorder) equal chunks, emit in this order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_regex", re.compile(self.pattern))
@@ -90,12 +92,19 @@ def apply(
             if sorted(by_part) != sorted(order) or len(sources) != len(order):
                 problems.append(f"{target}: needs parts {list(order)}, found {sorted(by_part)}")
                 continue
-            out[target] = torch.cat([get(by_part[p]) for p in order], dim=0)
+            tensor = torch.cat([get(by_part[p]) for p in order], dim=0)
         elif len(sources) > 1:
             problems.append(f"{target}: produced by several keys {[k for _, k, _ in sources]}")
             continue
         else:
-            out[target] = get(sources[0][1])
+            tensor = get(sources[0][1])
+        if rule.reorder:
+            if tensor.shape[0] % len(rule.reorder):
+                problems.append(f"{target}: dim 0 of {tuple(tensor.shape)} does not split into {len(rule.reorder)}")
+                continue
+            chunks = tensor.chunk(len(rule.reorder), dim=0)
+            tensor = torch.cat([chunks[i] for i in rule.reorder], dim=0)
+        out[target] = tensor
 
     missing = sorted(set(expected) - set(out))
     unexpected = sorted(set(out) - set(expected))

@@ -1,4 +1,4 @@
-"""Packed-sequence kernels (unpad, pad, segment pooling), dispatched to Triton or a plain-torch reference."""
+"""Packed-sequence kernels (unpad, pad, segment pooling, rotary), dispatched to Triton or a plain-torch reference."""
 
 import torch
 
@@ -6,9 +6,10 @@ from embzoo.kernels import dispatch
 from embzoo.kernels.dispatch import use
 from embzoo.kernels.pad import pad_ref, pad_triton
 from embzoo.kernels.pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
+from embzoo.kernels.rotary import rotary_ref, rotary_triton
 from embzoo.kernels.unpad import cu_seqlens_from_mask, unpad_ref, unpad_triton
 
-__all__ = ["POOLING_MODES", "cu_seqlens_from_mask", "pad", "segment_pool", "unpad", "use"]
+__all__ = ["POOLING_MODES", "cu_seqlens_from_mask", "pad", "rotary", "segment_pool", "unpad", "use"]
 
 
 def unpad(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -35,3 +36,13 @@ def segment_pool(
     if dispatch.use_triton(x):
         return segment_pool_triton(x, cu_seqlens, mode, skip)
     return segment_pool_ref(x, cu_seqlens, mode, skip)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half (NeoX) rotary in place on the first r = 2 * cos.shape[1] dims of every head; returns x.
+
+    x [T, H, d] fp32/fp16/bf16 (e.g. q or k unbound from a fused [T, 3, H, d] projection), cos/sin fp32 [T, r/2].
+    """
+    if dispatch.use_triton(x):
+        return rotary_triton(x, cos, sin)
+    return rotary_ref(x, cos, sin)

@@ -1,4 +1,4 @@
-"""Backbone: embeddings → N blocks, all on a packed token stream (no padding anywhere)."""
+"""Backbone: embeddings → N blocks → optional final norm, all on a packed token stream (no padding)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from torch import nn
 
 from embzoo.config import ArchConfig
 from embzoo.modeling.batch import PackedBatch
-from embzoo.modeling.block import Block
+from embzoo.modeling.block import Block, LayerContext
 from embzoo.modeling.embeddings import Embeddings
+from embzoo.modeling.layers import make_norm
+from embzoo.modeling.positions import alibi_tensor, rotary_tables
 
 
 class Backbone(nn.Module):
@@ -19,12 +21,27 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.attn_backend = attn_backend
         self.embed = Embeddings(cfg)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.final_norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
     @property
     def max_seq_len(self) -> int:
-        """Longest sequence the position table covers."""
+        """Longest sequence the model accepts (the position table's rows for absolute positions)."""
         return self.cfg.max_positions - self.cfg.position_offset
+
+    def contexts(self, batch: PackedBatch) -> dict[str, LayerContext]:
+        """One LayerContext per layer type, computed once per forward (rotary tables, window, slopes)."""
+        cfg, out = self.cfg, {}
+        for kind in set(cfg.layer_types) or {"full"}:
+            local = kind == "local"
+            rotary = None
+            if cfg.positions == "rope":
+                theta = cfg.rope_theta_local if local and cfg.rope_theta_local else cfg.rope_theta
+                rotary = rotary_tables(cfg, batch, theta)
+            alibi = alibi_tensor(cfg.num_heads, batch.input_ids.device) if cfg.positions == "alibi" else None
+            window = (cfg.local_window, cfg.local_window) if local else None
+            out[kind] = LayerContext(batch.cu_seqlens, batch.max_seqlen, rotary, window, alibi, self.attn_backend)
+        return out
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         if batch.max_seqlen > self.max_seq_len:
@@ -32,7 +49,8 @@ class Backbone(nn.Module):
                 f"a sequence of {batch.max_seqlen} tokens exceeds the model's limit of {self.max_seq_len}; "
                 "truncate the input (Embedder.encode does this for you)"
             )
+        contexts = self.contexts(batch)
         h = self.embed(batch)
-        for layer in self.layers:
-            h = layer(h, batch.cu_seqlens, batch.max_seqlen, self.attn_backend)
-        return h
+        for i, layer in enumerate(self.layers):
+            h = layer(h, contexts[self.cfg.layer_type(i)])
+        return self.final_norm(h)

@@ -1,4 +1,4 @@
-"""Token + learned absolute position + token-type embeddings on a packed stream."""
+"""Token (+ learned absolute position) (+ token-type) embeddings on a packed stream, then a norm."""
 
 from __future__ import annotations
 
@@ -17,12 +17,14 @@ class Embeddings(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.pos = nn.Embedding(cfg.max_positions, cfg.hidden_size)
+        self.pos = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.positions == "absolute" else None
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
         self.norm = make_norm(cfg) if cfg.embed_norm else nn.Identity()
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        h = self.tok(batch.input_ids) + self.pos(batch.positions + self.cfg.position_offset)
+        h = self.tok(batch.input_ids)
+        if self.pos is not None:
+            h = h + self.pos(batch.positions + self.cfg.position_offset)
         if self.token_type is not None:
             # no token types given means every token is type 0 (a single segment)
             h = h + (

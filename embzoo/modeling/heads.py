@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+
+from embzoo import kernels
 
 # sentence-transformers Dense "activation_function" class name → module
 DENSE_ACTIVATIONS = {
@@ -38,13 +42,53 @@ class Dense(nn.Module):
         return self.act(self.linear(x.to(self.linear.weight.dtype)))
 
 
-class ClassificationHead(nn.Module):
-    """Pooled [B, D] → logits [B, num_labels]: out(tanh(dense(x))) (BERT pooler+classifier, RoBERTa head)."""
+# sequence-classification head activation name → module (families translate their config's names)
+HEAD_ACTIVATIONS = {
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"),
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+# how a head's input is pooled from token states → embzoo.kernels.segment_pool mode
+HEAD_POOLING = {"cls": "first", "mean": "mean"}
 
-    def __init__(self, hidden_size: int, num_labels: int):
+
+class ClassificationHead(nn.Module):
+    """Pooled [B, D] → logits [B, num_labels]: out(norm(act(dense(x)))).
+
+    The defaults are BERT's pooler + classifier and RoBERTa's head: tanh, dense bias, no norm, CLS
+    pooling. ModernBERT: GELU, a LayerNorm after it, dense bias optional, cls or mean pooling. A family
+    gives the options through its `head_config(hf)`; `pooling` is kept for pool().
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        *,
+        activation: str = "tanh",
+        dense_bias: bool = True,
+        norm: bool = False,
+        norm_eps: float = 1e-5,
+        norm_bias: bool = True,
+        pooling: str = "cls",
+    ):
         super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
+        if activation not in HEAD_ACTIVATIONS:
+            raise ValueError(f"head activation {activation!r}; supported: {sorted(HEAD_ACTIVATIONS)}")
+        if pooling not in HEAD_POOLING:
+            raise ValueError(f"head pooling {pooling!r}; supported: {sorted(HEAD_POOLING)}")
+        self.pooling = pooling
+        self.dense = nn.Linear(hidden_size, hidden_size, bias=dense_bias)
+        self.act = HEAD_ACTIVATIONS[activation]()
+        self.norm = nn.LayerNorm(hidden_size, eps=norm_eps, bias=norm_bias) if norm else nn.Identity()
         self.out = nn.Linear(hidden_size, num_labels)
 
+    def pool(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Packed token states [T, D] → this head's input, fp32 [B, D]: each sequence's first token
+        ("cls") or the mean of its tokens ("mean")."""
+        return kernels.segment_pool(hidden, cu_seqlens, HEAD_POOLING[self.pooling])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.tanh(self.dense(x)))
+        return self.out(self.norm(self.act(self.dense(x.to(self.dense.weight.dtype)))))

@@ -15,8 +15,10 @@ ACTIVATIONS = {
 
 
 def make_norm(cfg: ArchConfig) -> nn.Module:
-    """LayerNorm over the last dim (hidden_size)."""
-    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+    """The configured norm over the last dim (hidden_size): LayerNorm (optionally without bias) or RMSNorm."""
+    if cfg.norm == "rms":
+        return nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
 
 
 def make_activation(cfg: ArchConfig) -> nn.Module:

@@ -1,0 +1,20 @@
+"""Lenient readers for config.json values that checkpoints write inconsistently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embzoo.config import UnsupportedConfig
+
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "none", "null", "")
+
+
+def flag(config: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean that may be written as a bool, a number or a string ("true", "False", "1")."""
+    value = config.get(key, default)
+    if isinstance(value, bool | int | float) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in TRUE or text in FALSE:
+        return text in TRUE
+    raise UnsupportedConfig(f"config key {key!r} = {value!r} is not a boolean; use true or false")
