@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 from torch import nn
 
@@ -37,7 +39,7 @@ def load_backbone(
     head_rules = family.HEADS[snapshot.config["model_type"]]
     with torch.device("meta"):
         backbone = Backbone(arch, attn_backend)
-        head = ClassificationHead(arch.hidden_size, _num_labels(snapshot.config)) if with_head else None
+        head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
     expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
     rules = family.WEIGHTS + (head_rules if head else dropped(head_rules))
     keys, get = open_weights(snapshot.model_dir)
@@ -47,6 +49,12 @@ def load_backbone(
     if head is not None:
         head.load_state_dict(head_state, strict=True, assign=True)
     return backbone, head
+
+
+def _head(family: ModuleType, config: dict, hidden_size: int) -> ClassificationHead:
+    """The family's classification head; `head_config(hf)` (optional) gives its options, else BERT's."""
+    options = family.head_config(config) if hasattr(family, "head_config") else {}
+    return ClassificationHead(hidden_size, _num_labels(config), **options)
 
 
 def _num_labels(config: dict) -> int:
