@@ -43,6 +43,7 @@ class Embedder:
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
         int8_ranges: np.ndarray | None = None,
+        matryoshka_layer_norm: bool = False,
         name: str = "",
     ):
         self.model = model.eval()
@@ -53,6 +54,7 @@ class Embedder:
             raise ValueError(f"default_prompt_name {default_prompt_name!r} is not among prompts {self.prompts}")
         self.default_prompt_name = default_prompt_name
         self.int8_ranges = int8_ranges
+        self.matryoshka_layer_norm = matryoshka_layer_norm
         self.name = name
 
     @property
@@ -131,6 +133,8 @@ class Embedder:
             return states[0] if single else states
         vectors = self._run(texts, batch_tokens, show, tokens=False, skip=skip)
         if dimensions is not None:
+            if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
+                vectors = F.layer_norm(vectors, (vectors.shape[-1],))
             vectors = vectors[:, :dimensions]
         if normalize:
             vectors = F.normalize(vectors, p=2, dim=-1)

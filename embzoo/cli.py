@@ -63,7 +63,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         rows.append(
             (
                 e.hub_id,
-                e.model_type,
+                e.family,
                 "+".join(e.pooling),
                 str(e.dimension),
                 str(e.max_seq_length),

@@ -71,6 +71,7 @@ class ArchConfig:
     activation: Activation = "gelu"
     mlp_gated: bool = False  # up projects to [gate; up] (2 × intermediate): down(act(gate) * up)
     mlp_bias: bool = True
+    mlp_up_bias: bool = True  # False: only the down projection has a bias (GTE, jina-v2 gated layers)
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():

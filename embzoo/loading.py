@@ -86,5 +86,6 @@ def load(
         normalize=normalize,
         prompts=prompts,
         default_prompt_name=pipe.default_prompt_name,
+        matryoshka_layer_norm=bool(entry and entry.matryoshka_layer_norm),
         name=name,
     )

@@ -52,3 +52,13 @@ def test_every_family_and_kernel_has_a_test_file():
     assert "bert" in {t.replace("-", "") for t in supported_model_types()}
     kernels = {p.stem for p in (ROOT / "embzoo/kernels").glob("[!_]*.py")} - {"dispatch"}
     assert kernels and all((ROOT / f"tests/kernels/test_{k}.py").is_file() for k in kernels)
+
+
+def test_registry_routes_shared_model_types_by_config_values():
+    from embzoo.registry import family_for
+
+    assert family_for({"model_type": "bert"}).__name__.endswith(".bert")
+    assert family_for({"model_type": "bert", "position_embedding_type": "absolute"}).__name__.endswith(".bert")
+    assert family_for({"model_type": "bert", "position_embedding_type": "alibi"}).__name__.endswith(".jina_bert")
+    with pytest.raises(UnsupportedConfig, match="supported model_types"):
+        family_for({"model_type": "t5"})

@@ -168,3 +168,13 @@ def test_single_text_token_output_and_calibrate_arguments(mean_model):
     assert ranges.shape == (2, 8)
     q = mean_model.encode(TEXTS, dimensions=8, precision="int8", convert_to_tensor=True)
     assert q.dtype == torch.int8 and q.device == mean_model.device
+
+
+def test_matryoshka_layer_norm_before_truncation(mean_model):
+    """nomic-embed-text-v1.5: non-affine layer norm over the full vector, then truncate, then normalize."""
+    full = mean_model.encode(TEXTS, normalize=False, convert_to_tensor=True)
+    mean_model.matryoshka_layer_norm = True
+    got = mean_model.encode(TEXTS, dimensions=8, normalize=False, convert_to_tensor=True)
+    want = torch.nn.functional.layer_norm(full, (32,))[:, :8]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mean_model.encode(TEXTS, normalize=False, convert_to_tensor=True), full)

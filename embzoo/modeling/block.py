@@ -66,7 +66,7 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp_gated
         width = cfg.intermediate_size * (2 if cfg.mlp_gated else 1)
-        self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias)
+        self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias and cfg.mlp_up_bias)
         self.act = make_activation(cfg)
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 

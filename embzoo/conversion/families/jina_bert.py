@@ -1,0 +1,92 @@
+"""jina-bert-v2 (jina-embeddings-v2-*, jina-reranker-v1-*): BERT with ALiBi and a gated MLP, post-norm.
+
+Quirks and the fields that encode them:
+- No position table: symmetric ALiBi, score −= slope_h·|i − j| → `positions="alibi"` (slopes for any
+  head count in embzoo.modeling.positions). `max_positions` = max_position_embeddings (8192).
+- feed_forward_type "geglu" / "reglu": mlp.gated_layers [2I, D] (no bias) yields [gated; non-gated],
+  the activation (exact GELU / ReLU, whatever hidden_act says) on the FIRST half → `mlp_gated`, the
+  rows as they are; mlp.wo [D, I] + bias → `mlp_up_bias=False`. Other feed_forward_types are rejected.
+- The MLP's residual and post-norm live inside the checkpoint's mlp module (mlp.layernorm) →
+  `norm_mlp`; attention.output.LayerNorm → `norm_attn`.
+- Separate query/key/value tensors → one fused `attn.qkv` in the order Q, K, V.
+- Rerankers (JinaBertForSequenceClassification): CLS → pooler.dense → tanh → classifier, as BERT.
+
+Routing: the checkpoints' config.json says model_type "bert" (with position_embedding_type "alibi",
+architectures ["JinaBertModel" / "JinaBertForMaskedLM" / ...]); CONFIG_MATCH claims exactly those
+"bert" configs, ahead of the BERT family (which rejects ALiBi).
+
+Not handled: jina-embeddings-v2-base-code (remote code jinaai/jina-bert-v2-qk-post-norm). It renames the
+MLP (mlp.up_gated_layer [non-gated; gated], mlp.down_layer, layer-level layer_norm_1 / layer_norm_2),
+adds LayerNorm on q and k (layer_norm_q / layer_norm_k), and adds a second residual + norm after the
+attention sublayer; its weights are left over in strict loading and fail with WeightMismatch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.conversion.rules import Drop, Rule
+
+MODEL_TYPES = ("bert",)
+CONFIG_MATCH = {"position_embedding_type": "alibi"}
+
+# feed_forward_type → activation on the first half of mlp.gated_layers
+GLU_ACTS = {"geglu": "gelu", "reglu": "relu"}
+
+
+def to_arch(hf: dict[str, Any]) -> ArchConfig:
+    """config.json of a jina-bert-v2 checkpoint → ArchConfig."""
+    positions = hf.get("position_embedding_type", "absolute")
+    if positions != "alibi":
+        raise UnsupportedConfig(
+            f"jina-bert-v2: position_embedding_type {positions!r}; only 'alibi' is supported here "
+            "(absolute-position BERT checkpoints belong to the BERT family)"
+        )
+    mlp = hf.get("feed_forward_type", "original")
+    if mlp not in GLU_ACTS:
+        raise UnsupportedConfig(f"jina-bert-v2: feed_forward_type {mlp!r}; supported: {sorted(GLU_ACTS)}")
+    return ArchConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        positions="alibi",
+        max_positions=hf.get("max_position_embeddings", 512),
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        activation=GLU_ACTS[mlp],
+        mlp_gated=True,
+        mlp_up_bias=False,  # gated_layers has no bias; wo has one
+    )
+
+
+P = r"^(?:bert\.)?"
+L = P + r"encoder\.layer\.(?P<i>\d+)\."
+WB = r"\.(?P<p>weight|bias)$"
+
+WEIGHTS = [
+    Rule(P + r"embeddings\.word_embeddings\.weight$", "embed.tok.weight"),
+    Rule(P + r"embeddings\.token_type_embeddings\.weight$", "embed.token_type.weight"),
+    Rule(P + r"embeddings\.LayerNorm" + WB, "embed.norm.{p}"),
+    Rule(
+        L + r"attention\.self\.(?P<qkv>query|key|value)" + WB,
+        "layers.{i}.attn.qkv.{p}",
+        fuse=("qkv", ("query", "key", "value")),
+    ),
+    Rule(L + r"attention\.output\.dense" + WB, "layers.{i}.attn.out.{p}"),
+    Rule(L + r"attention\.output\.LayerNorm" + WB, "layers.{i}.norm_attn.{p}"),
+    Rule(L + r"mlp\.gated_layers\.weight$", "layers.{i}.mlp.up.weight"),  # [gated; non-gated] = [gate; up]
+    Rule(L + r"mlp\.wo" + WB, "layers.{i}.mlp.down.{p}"),
+    Rule(L + r"mlp\.layernorm" + WB, "layers.{i}.norm_mlp.{p}"),
+    Drop(P + r"embeddings\.(?:position_ids|token_type_ids)$"),
+    Drop(r"^cls\."),  # masked-LM head of the pre-training checkpoints
+]
+
+# sequence-classification heads (jina-reranker-v1), by the checkpoint's model_type; absent heads are dropped
+_CLS_HEAD = [
+    Rule(P + r"pooler\.dense" + WB, "head.dense.{p}"),
+    Rule(r"^classifier" + WB, "head.out.{p}"),
+]
+HEADS = {"bert": _CLS_HEAD}
