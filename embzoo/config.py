@@ -47,6 +47,7 @@ class ArchConfig:
     max_positions: int = 512  # absolute: rows of the position table; rope/alibi: longest input accepted
     position_offset: int = 0  # first position id (RoBERTa/XLM-R: padding_idx + 1)
     embed_norm: bool = True  # norm right after the embedding sum
+    embed_norm_layer: bool = False  # that norm is a LayerNorm even when `norm` is rms (GTE rms_norm)
     # rotary (positions == "rope"): NeoX rotate-half on the first rotary_fraction of each head
     rope_theta: float = 10000.0
     rope_theta_local: float = 0.0  # theta on "local" layers; 0 = rope_theta
@@ -61,10 +62,12 @@ class ArchConfig:
     norm_placement: Literal["post", "pre"] = "post"
     first_attn_norm: bool = True  # pre-norm: False = layer 0 has no attention norm (ModernBERT)
     final_norm: bool = False  # a norm after the last block
+    attn_second_norm: bool = False  # post-norm: h = norm_attn2(h + norm_attn(h + attn(h))) (jina-v2-code)
     # attention
     causal: bool = False
     qkv_bias: bool = True
     out_bias: bool = True
+    qk_norm: bool = False  # a norm over all heads of q and of k after the projection (jina-v2-code)
     layer_types: tuple[str, ...] = ()  # "full" | "local" per layer; () = all full
     local_window: int = 0  # "local" layers: query i sees keys j with |i - j| <= local_window
     # mlp
@@ -91,6 +94,8 @@ class ArchConfig:
                     "set head_dim explicitly"
                 )
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.attn_second_norm and self.norm_placement != "post":
+            raise UnsupportedConfig("attn_second_norm needs norm_placement='post'")
         if self.positions == "rope" and self.rotary_dim % 2:
             raise UnsupportedConfig(f"rotary dims {self.rotary_dim} (head_dim × rotary_fraction) must be even")
 

@@ -38,9 +38,16 @@ class SelfAttention(nn.Module):
         inner = cfg.num_heads * cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, 3 * inner, bias=cfg.qkv_bias)
         self.out = nn.Linear(inner, cfg.hidden_size, bias=cfg.out_bias)
+        if cfg.qk_norm:
+            self.q_norm = make_norm(cfg, inner)
+            self.k_norm = make_norm(cfg, inner)
 
     def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        qkv = self.qkv(h).view(h.shape[0], 3, self.cfg.num_heads, self.cfg.head_dim)
+        qkv = self.qkv(h)
+        if self.cfg.qk_norm:  # over the whole q (and k) vector, all heads together, before the head split
+            q, k, v = qkv.chunk(3, dim=-1)
+            qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)
+        qkv = qkv.view(h.shape[0], 3, self.cfg.num_heads, self.cfg.head_dim)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
         if ctx.rotary is not None:
             kernels.rotary(q, *ctx.rotary)
@@ -86,10 +93,12 @@ class Block(nn.Module):
         self.norm_attn = nn.Identity() if first_without_norm else make_norm(cfg)
         self.mlp = MLP(cfg)
         self.norm_mlp = make_norm(cfg)
+        self.norm_attn2 = make_norm(cfg) if cfg.attn_second_norm else None
 
     def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         if self.pre_norm:
             h = h + self.attn(self.norm_attn(h), ctx)
             return h + self.mlp(self.norm_mlp(h))
-        h = self.norm_attn(h + self.attn(h, ctx))
+        a = self.norm_attn(h + self.attn(h, ctx))
+        h = a if self.norm_attn2 is None else self.norm_attn2(h + a)
         return self.norm_mlp(h + self.mlp(h))

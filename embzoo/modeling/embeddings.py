@@ -19,7 +19,7 @@ class Embeddings(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.pos = nn.Embedding(cfg.max_positions, cfg.hidden_size) if cfg.positions == "absolute" else None
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size) if cfg.type_vocab_size else None
-        self.norm = make_norm(cfg) if cfg.embed_norm else nn.Identity()
+        self.norm = make_norm(cfg, layer=cfg.embed_norm_layer) if cfg.embed_norm else nn.Identity()
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         h = self.tok(batch.input_ids)

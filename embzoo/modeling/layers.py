@@ -14,11 +14,13 @@ ACTIVATIONS = {
 }
 
 
-def make_norm(cfg: ArchConfig) -> nn.Module:
-    """The configured norm over the last dim (hidden_size): LayerNorm (optionally without bias) or RMSNorm."""
-    if cfg.norm == "rms":
-        return nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+def make_norm(cfg: ArchConfig, size: int = 0, layer: bool = False) -> nn.Module:
+    """The configured norm over the last dim (size, 0 = hidden_size): LayerNorm (bias per norm_bias) or
+    RMSNorm; layer=True forces a LayerNorm."""
+    size = size or cfg.hidden_size
+    if cfg.norm == "rms" and not layer:
+        return nn.RMSNorm(size, eps=cfg.norm_eps)
+    return nn.LayerNorm(size, eps=cfg.norm_eps, bias=cfg.norm_bias)
 
 
 def make_activation(cfg: ArchConfig) -> nn.Module:
