@@ -99,10 +99,9 @@ def model_flops(n_params_nonembed: int, layers: int, hidden: int, lens: Sequence
     return sum(2 * n_params_nonembed * s + 4 * layers * hidden * s * s for s in lens)
 
 
-def flops_for(model: BertModel, lens: Sequence[int]) -> int:
+def flops_for(model: torch.nn.Module, layers: int, hidden: int, lens: Sequence[int]) -> int:
     nonembed = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "pooler" not in n)
-    cfg = model.config
-    return model_flops(nonembed, cfg.num_hidden_layers, cfg.hidden_size, lens)
+    return model_flops(nonembed, layers, hidden, lens)
 
 
 # ---- timing and reporting --------------------------------------------------------------------
@@ -178,6 +177,53 @@ def new_bert(setup: Setup, pooler: bool) -> BertModel:
     return BertModel(cfg, add_pooling_layer=pooler).eval()
 
 
+def new_modernbert(setup: Setup) -> torch.nn.Module:
+    from transformers import ModernBertConfig, ModernBertModel
+
+    torch.manual_seed(0)
+    return ModernBertModel(ModernBertConfig(**setup.bert, attn_implementation="sdpa")).eval()
+
+
+def new_gte(setup: Setup) -> torch.nn.Module:
+    """A gte-base-en-v1.5-sized RoPE encoder (GteConfig defaults are that size)."""
+    from transformers import GteConfig, GteModel
+
+    torch.manual_seed(0)
+    return GteModel(GteConfig(**setup.bert, attn_implementation="sdpa")).eval()
+
+
+def new_jina_v2(setup: Setup) -> torch.nn.Module:
+    """jina-embeddings-v2-base-en's shape (ALiBi, GeGLU) as an embzoo Backbone: no transformers class exists."""
+    from embzoo.config import ArchConfig
+    from embzoo.modeling.backbone import Backbone
+
+    sizes = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072) | setup.bert
+    torch.manual_seed(0)
+    cfg = ArchConfig(
+        vocab_size=30528,
+        hidden_size=sizes["hidden_size"],
+        num_layers=sizes["num_hidden_layers"],
+        num_heads=sizes["num_attention_heads"],
+        intermediate_size=sizes["intermediate_size"],
+        type_vocab_size=2,
+        positions="alibi",
+        max_positions=8192,
+        mlp_gated=True,
+        mlp_up_bias=False,
+    )
+    return Backbone(cfg).eval()
+
+
+# ENC models: name → (builds a transformers baseline saved and loaded through embzoo's converter | builds an
+# embzoo backbone directly when transformers has no such model)
+ENC_MODELS: dict[str, tuple[Callable[[Setup], torch.nn.Module], bool]] = {
+    "bert-base": (partial(new_bert, pooler=False), True),
+    "modernbert-base": (new_modernbert, True),
+    "gte-base-like": (new_gte, True),
+    "jina-v2-base-like": (new_jina_v2, False),
+}
+
+
 def free(device: str) -> None:
     gc.collect()
     if device == "cuda":
@@ -203,17 +249,36 @@ def chunks(order: Sequence[int], size: int) -> list[Sequence[int]]:
 
 @torch.inference_mode()
 def enc_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dict]) -> None:
+    for name, (build, has_baseline) in ENC_MODELS.items():
+        enc_model(setup, tmp, records, parity, name, build(setup), has_baseline)
+        free(setup.device)
+
+
+def enc_model(
+    setup: Setup,
+    tmp: Path,
+    records: list[dict],
+    parity: list[dict],
+    name: str,
+    model: torch.nn.Module,
+    has_baseline: bool,
+) -> None:
+    """ENC on one model: ours (packed, through embzoo's converter) vs the transformers baseline if any."""
     dev, dt = setup.device, setup.dtype
     lens = lengths(setup.enc_seqs, 8, setup.enc_max_len, math.log(90), 0.7, seed=0)
-    hf = new_bert(setup, pooler=False)
-    folder = write_folder(hf, tmp / "enc", setup.tokenizer)
-    vocab = hf.config.vocab_size
+    if has_baseline:
+        hf, cfg = model, model.config
+        folder = write_folder(hf, tmp / name, setup.tokenizer)
+        ours = embzoo.load(folder, device=dev, dtype=dt).model.backbone
+        vocab, layers, hidden = cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size
+        hf = hf.to(dev, dt)
+    else:
+        ours = model.to(dev, dt)
+        vocab, layers, hidden = ours.cfg.vocab_size, ours.cfg.num_layers, ours.cfg.hidden_size
     g = torch.Generator().manual_seed(0)
     flat = torch.randint(5, vocab - 5, (sum(lens),), generator=g)
     ids = [s.tolist() for s in flat.split(lens)]
-    tokens, flops = sum(lens), flops_for(hf, lens)
-    hf = hf.to(dev, dt)
-    ours = embzoo.load(folder, device=dev, dtype=dt).model.backbone
+    tokens, flops = sum(lens), flops_for(model, layers, hidden, lens)
 
     def hf_forward(seqs):
         input_ids, mask = pad_batch(seqs, dev)
@@ -222,13 +287,14 @@ def enc_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dict
     def our_forward(seqs):
         return ours(PackedBatch.from_sequences(seqs).to(dev))
 
-    probe_ids = ids[:PARITY_SEQS]
-    batch = PackedBatch.from_sequences(probe_ids).to(dev)
-    ours_mean = kernels.segment_pool(our_forward(probe_ids), batch.cu_seqlens, "mean")
-    _, mask = pad_batch(probe_ids, dev)
-    hf_h = hf_forward(probe_ids).float()
-    hf_mean = (hf_h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-    parity.append(report_parity("enc mean-pooled hidden", ours_mean, hf_mean))
+    if has_baseline:
+        probe_ids = ids[:PARITY_SEQS]
+        batch = PackedBatch.from_sequences(probe_ids).to(dev)
+        ours_mean = kernels.segment_pool(our_forward(probe_ids), batch.cu_seqlens, "mean")
+        _, mask = pad_batch(probe_ids, dev)
+        hf_h = hf_forward(probe_ids).float()
+        hf_mean = (hf_h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        parity.append(report_parity(f"enc {name} mean-pooled hidden", ours_mean, hf_mean))
 
     def run(forward, batches):
         def one_pass():
@@ -240,14 +306,17 @@ def enc_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dict
     arrival = chunks(range(len(lens)), HF_BATCH)
     by_length = chunks(sorted(range(len(lens)), key=lambda i: -lens[i]), HF_BATCH)
     cases = [
-        ("offline", "hf", f"sdpa sorted bs{HF_BATCH}", hf_forward, by_length),
-        ("online", "hf", f"sdpa arrival bs{HF_BATCH}", hf_forward, arrival),
         *[
             ("offline", "ours", f"packed sorted {bt} tokens", our_forward, token_budget_batches(lens, bt))
             for bt in BATCH_TOKENS
         ],
         ("online", "ours", f"packed arrival {HF_BATCH} seqs", our_forward, arrival),
     ]
+    if has_baseline:
+        cases += [
+            ("offline", "hf", f"sdpa sorted bs{HF_BATCH}", hf_forward, by_length),
+            ("online", "hf", f"sdpa arrival bs{HF_BATCH}", hf_forward, arrival),
+        ]
     for mode, system, config, forward, batches in cases:
         measure(
             records,
@@ -256,7 +325,7 @@ def enc_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dict
             repeats=setup.repeats,
             tokens=tokens,
             flops=flops,
-            workload="enc",
+            workload=f"enc {name}",
             mode=mode,
             system=system,
             config=config,
@@ -283,7 +352,7 @@ def text_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dic
     texts = make_texts(setup.texts, setup.text_max_words, setup.tokenizer)
     ours = embzoo.load(folder, device=dev, dtype=dt)
     lens = [len(s) for s in ours.tokenizer.encode(texts)[0]]
-    tokens, flops = sum(lens), flops_for(hf, lens)
+    tokens, flops = sum(lens), flops_for(hf, hf.config.num_hidden_layers, hf.config.hidden_size, lens)
     st = SentenceTransformer(str(folder), device=dev, model_kwargs={"dtype": dt, "attn_implementation": "sdpa"})
 
     probe_texts = texts[:PARITY_SEQS]
@@ -326,7 +395,22 @@ def summarize(records: list[dict]) -> list[dict]:
     rows = []
     for (workload, mode, output), by_system in groups.items():
         ours = max(by_system.pop("ours"), key=lambda r: r["tok_per_s"])
-        for base in (r for rs in by_system.values() for r in rs):
+        bases = [r for rs in by_system.values() for r in rs] or [None]  # ours-only models: throughput alone
+        for base in bases:
+            if base is None:
+                rows.append(
+                    dict(
+                        workload=" ".join(filter(None, (workload, mode, output))),
+                        ours=ours["config"],
+                        baseline="none (no transformers class)",
+                        ratio="-",
+                        ours_tok_s=ours["tok_per_s"],
+                        base_tok_s="-",
+                        ours_tflops=ours["tflops"],
+                        base_tflops="-",
+                    )
+                )
+                continue
             rows.append(
                 dict(
                     workload=" ".join(filter(None, (workload, mode, output))),
