@@ -4,6 +4,9 @@ transformers has no jina-bert-v2, so the reference below is a padded, per-sequen
 straight from the checkpoint tensors by name (FAMILIES.md §4): embeddings (word + token type, no
 positions) → LayerNorm; per layer h = LN(h + dense(softmax(q·kᵀ/√d − slope_h·|i − j|)·v));
 g = gated_layers(h); h = LN(h + wo(act(g[:I]) * g[I:])). The ALiBi slopes are computed here too.
+The -code layer (remote code jinaai/jina-bert-v2-qk-post-norm): q, k = layer_norm_q(query(h)),
+layer_norm_k(key(h)) over the whole vector before the head split; a = LN(h + dense(attn));
+h = layer_norm_1(h + a); u = up_gated_layer(h); h = layer_norm_2(h + down_layer(u[:I] * act(u[I:]))).
 """
 
 import json
@@ -17,6 +20,7 @@ from safetensors.torch import save_file
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import jina_bert
 from embzoo.conversion.load import load_backbone
+from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import read_snapshot
 from embzoo.modeling.batch import PackedBatch
 
@@ -83,8 +87,8 @@ def test_to_arch_rejects_unsupported_variants(changes, message):
         jina_bert.to_arch(hf_config(**changes))
 
 
-def random_state(cfg, prefix="", seed=0, head=False, extras=True):
-    """Checkpoint tensors in jina-bert-v2 naming (bert-style LayerNorm weights near 1)."""
+def random_state(cfg, prefix="", seed=0, head=False, extras=True, code=False):
+    """Checkpoint tensors in jina-bert-v2 naming (bert-style LayerNorm weights near 1); code: the -code layout."""
     g = torch.Generator().manual_seed(seed)
     d, inter, v, t = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["type_vocab_size"]
 
@@ -105,6 +109,13 @@ def random_state(cfg, prefix="", seed=0, head=False, extras=True):
         sd[f"{layer}attention.output.dense.weight"] = rnd(d, d)
         sd[f"{layer}attention.output.dense.bias"] = rnd(d)
         sd |= norm(f"{layer}attention.output.LayerNorm")
+        if code:
+            sd |= norm(f"{layer}attention.self.layer_norm_q") | norm(f"{layer}attention.self.layer_norm_k")
+            sd |= norm(f"{layer}layer_norm_1") | norm(f"{layer}layer_norm_2")
+            sd[f"{layer}mlp.up_gated_layer.weight"] = rnd(2 * inter, d)
+            sd[f"{layer}mlp.down_layer.weight"] = rnd(d, inter)
+            sd[f"{layer}mlp.down_layer.bias"] = rnd(d)
+            continue
         sd[f"{layer}mlp.gated_layers.weight"] = rnd(2 * inter, d)
         sd[f"{layer}mlp.wo.weight"] = rnd(d, inter)
         sd[f"{layer}mlp.wo.bias"] = rnd(d)
@@ -128,8 +139,10 @@ def write_checkpoint(folder, cfg, sd):
     return folder
 
 
-def reference_hidden(sd, cfg, seqs, types=None, prefix=""):
-    """Padded fp32 forward from the raw tensors; returns each sequence's token states [n, D]."""
+def reference_hidden(sd, cfg, seqs, types=None, prefix="", code=False):
+    """Padded fp32 forward from the raw tensors; returns each sequence's token states [n, D].
+
+    code: the jina-bert-v2-qk-post-norm layer (jina-embeddings-v2-base-code)."""
 
     def w(name):
         return sd[prefix + name]
@@ -163,10 +176,20 @@ def reference_hidden(sd, cfg, seqs, types=None, prefix=""):
     h = ln(h, "embeddings.LayerNorm")
     for i in range(cfg["num_hidden_layers"]):
         p = f"encoder.layer.{i}."
-        q, k, v = (split(linear(h, p + f"attention.self.{n}")) for n in ("query", "key", "value"))
+        q, k, v = (linear(h, p + f"attention.self.{n}") for n in ("query", "key", "value"))
+        if code:  # LayerNorm over the whole projected q and k, before the head split
+            q, k = ln(q, p + "attention.self.layer_norm_q"), ln(k, p + "attention.self.layer_norm_k")
+        q, k, v = split(q), split(k), split(v)
         scores = q @ k.transpose(-1, -2) / math.sqrt(d) + alibi + mask
         ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, width, d_model)
-        h = ln(h + linear(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        a = ln(h + linear(ctx, p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        if code:
+            h = ln(h + a, p + "layer_norm_1")
+            u = linear(h, p + "mlp.up_gated_layer", bias=False)
+            y = u[..., :inter] * act(u[..., inter:])  # activation on the SECOND half
+            h = ln(h + linear(y, p + "mlp.down_layer"), p + "layer_norm_2")
+            continue
+        h = a
         g = linear(h, p + "mlp.gated_layers", bias=False)
         y = act(g[..., :inter]) * g[..., inter:]
         h = ln(h + linear(y, p + "mlp.wo"), p + "mlp.layernorm")
@@ -234,3 +257,73 @@ def test_reranker_head_matches_spec(tmp_path):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     embedder, none = load_backbone(read_snapshot(folder), with_head=False)
     assert none is None and len(embedder.layers) == cfg["num_hidden_layers"]
+
+
+CODE_AUTO_MAP = {
+    "AutoConfig": "jinaai/jina-bert-v2-qk-post-norm--configuration_bert.JinaBertConfig",
+    "AutoModel": "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertModel",
+    "AutoModelForMaskedLM": "jinaai/jina-bert-v2-qk-post-norm--modeling_bert.JinaBertForMaskedLM",
+}
+
+
+def code_config(**changes):
+    """jina-embeddings-v2-base-code: its auto_map names the qk-post-norm remote code; no other key differs."""
+    return hf_config(auto_map=CODE_AUTO_MAP, architectures=["JinaBertForMaskedLM"], **changes)
+
+
+def test_to_arch_code_variant():
+    arch = jina_bert.to_arch(code_config())
+    assert (arch.qk_norm, arch.attn_second_norm, arch.mlp_gated, arch.mlp_up_bias) == (True, True, True, False)
+    tokenizer_list = {"AutoTokenizer": ["jinaai/jina-bert-v2-qk-post-norm--tok.Slow", None]}
+    assert jina_bert.to_arch(hf_config(auto_map=tokenizer_list)).qk_norm
+    other = {"AutoModel": "jinaai/jina-bert-implementation--modeling_bert.JinaBertModel"}
+    for plain in (
+        hf_config(),
+        hf_config(auto_map=other),
+        hf_config(_name_or_path="jinaai/jina-bert-v2-qk-post-norm"),  # a load path, not the implementation
+    ):
+        assert (jina_bert.to_arch(plain).qk_norm, jina_bert.to_arch(plain).attn_second_norm) == (False, False)
+
+
+CODE_CASES = [
+    pytest.param(code_config(), "", id="code-h4"),
+    pytest.param(code_config(heads=6, hidden=48, inter=40, layers=3), "bert.", id="code-h6-prefixed"),
+    pytest.param(code_config(feed_forward_type="reglu", type_vocab_size=1), "", id="code-h4-reglu"),
+]
+
+
+@pytest.mark.parametrize("cfg, prefix", CODE_CASES)
+def test_code_variant_matches_spec_reference(tmp_path, cfg, prefix):
+    sd = random_state(cfg, prefix=prefix, code=True)
+    ours, head = load_backbone(read_snapshot(write_checkpoint(tmp_path / "ckpt", cfg, sd)))
+    assert head is None
+    seqs = ragged_ids(LENGTHS, cfg["vocab_size"], seed=2)
+    with torch.no_grad():
+        expected = reference_hidden(sd, cfg, seqs, prefix=prefix, code=True)
+        got = ours(PackedBatch.from_sequences(seqs)).split(LENGTHS)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=0)
+    mean_ours = torch.stack([g.mean(0) for g in got])
+    torch.testing.assert_close(mean_ours, torch.stack([e.mean(0) for e in expected]), atol=1e-4, rtol=0)
+
+
+def test_code_variant_flex_backend(tmp_path):
+    cfg = code_config(heads=6, hidden=48)
+    sd = random_state(cfg, extras=False, code=True, seed=4)
+    folder = write_checkpoint(tmp_path / "ckpt", cfg, sd)
+    lengths = [6, 9, 1]
+    seqs = ragged_ids(lengths, cfg["vocab_size"], seed=4)
+    types = [[0, 0, 0, 1, 1, 1], [0] * 4 + [1] * 5, [1]]
+    with torch.no_grad():
+        want = torch.cat(reference_hidden(sd, cfg, seqs, types, code=True))
+        ours, _ = load_backbone(read_snapshot(folder), attn_backend="flex")
+        torch.testing.assert_close(ours(PackedBatch.from_sequences(seqs, types)), want, atol=1e-4, rtol=0)
+
+
+def test_code_layout_and_config_must_agree(tmp_path):
+    cfg = hf_config()  # no auto_map: the plain layer, which has no q/k norms
+    with pytest.raises(WeightMismatch, match="attn.q_norm"):
+        load_backbone(read_snapshot(write_checkpoint(tmp_path / "code", cfg, random_state(cfg, code=True))))
+    cfg = code_config()
+    with pytest.raises(WeightMismatch, match="norm_attn2"):
+        load_backbone(read_snapshot(write_checkpoint(tmp_path / "plain", cfg, random_state(cfg))))

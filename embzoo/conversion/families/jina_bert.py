@@ -15,10 +15,17 @@ Routing: the checkpoints' config.json says model_type "bert" (with position_embe
 architectures ["JinaBertModel" / "JinaBertForMaskedLM" / ...]); CONFIG_MATCH claims exactly those
 "bert" configs, ahead of the BERT family (which rejects ALiBi).
 
-Not handled: jina-embeddings-v2-base-code (remote code jinaai/jina-bert-v2-qk-post-norm). It renames the
-MLP (mlp.up_gated_layer [non-gated; gated], mlp.down_layer, layer-level layer_norm_1 / layer_norm_2),
-adds LayerNorm on q and k (layer_norm_q / layer_norm_k), and adds a second residual + norm after the
-attention sublayer; its weights are left over in strict loading and fail with WeightMismatch.
+jina-embeddings-v2-base-code runs other remote code, jinaai/jina-bert-v2-qk-post-norm. No config key
+describes its differences; its auto_map names that code ("<repo>--<module>.<class>"), and
+`_qk_post_norm` reads it there (an auto_map without the repo prefix is not recognised; its weights then
+fail strict loading with WeightMismatch). That layer:
+- LayerNorm on q and on k over all heads at once (attention.self.layer_norm_q / layer_norm_k, eps =
+  layer_norm_eps, with bias), after the projections' bias, before the head split → `qk_norm`.
+- attention.output.LayerNorm(h + dense(attn)) is followed by a second residual + norm, the layer-level
+  layer_norm_1: h = layer_norm_1(h + attention.output.LayerNorm(h + dense(attn))) → `attn_second_norm`.
+- The MLP is renamed: mlp.up_gated_layer [2I, D] (no bias) yields [non-gated; gated], the activation on
+  the SECOND half → reorder=(1, 0) to embzoo's [gate; up]; mlp.down_layer [D, I] + bias; its residual
+  norm is the layer-level layer_norm_2 → `norm_mlp`.
 """
 
 from __future__ import annotations
@@ -31,8 +38,21 @@ from embzoo.conversion.rules import Drop, Rule
 MODEL_TYPES = ("bert",)
 CONFIG_MATCH = {"position_embedding_type": "alibi"}
 
-# feed_forward_type → activation on the first half of mlp.gated_layers
+# feed_forward_type → activation on the gate half of the MLP's up projection (exact GELU for geglu)
 GLU_ACTS = {"geglu": "gelu", "reglu": "relu"}
+QK_POST_NORM = "jinaai/jina-bert-v2-qk-post-norm"  # remote code of jina-embeddings-v2-base-code
+
+
+def _qk_post_norm(hf: dict[str, Any]) -> bool:
+    """True when config.json's auto_map points at the remote code jinaai/jina-bert-v2-qk-post-norm.
+
+    auto_map values read "<repo>--<module>.<class>" (a list of them for tokenizers); the repo names the
+    implementation of the architecture, the one thing in -code's config.json that tells its layer apart.
+    """
+    refs: list[Any] = []
+    for value in (hf.get("auto_map") or {}).values():
+        refs += value if isinstance(value, list | tuple) else [value]
+    return any(isinstance(ref, str) and ref.split("--")[0] == QK_POST_NORM for ref in refs)
 
 
 def to_arch(hf: dict[str, Any]) -> ArchConfig:
@@ -46,6 +66,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     mlp = hf.get("feed_forward_type", "original")
     if mlp not in GLU_ACTS:
         raise UnsupportedConfig(f"jina-bert-v2: feed_forward_type {mlp!r}; supported: {sorted(GLU_ACTS)}")
+    post_norm = _qk_post_norm(hf)
     return ArchConfig(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
@@ -58,7 +79,9 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         activation=GLU_ACTS[mlp],
         mlp_gated=True,
-        mlp_up_bias=False,  # gated_layers has no bias; wo has one
+        mlp_up_bias=False,  # gated_layers / up_gated_layer have no bias; wo / down_layer have one
+        qk_norm=post_norm,
+        attn_second_norm=post_norm,
     )
 
 
@@ -80,6 +103,14 @@ WEIGHTS = [
     Rule(L + r"mlp\.gated_layers\.weight$", "layers.{i}.mlp.up.weight"),  # [gated; non-gated] = [gate; up]
     Rule(L + r"mlp\.wo" + WB, "layers.{i}.mlp.down.{p}"),
     Rule(L + r"mlp\.layernorm" + WB, "layers.{i}.norm_mlp.{p}"),
+    # the qk-post-norm layout (jina-embeddings-v2-base-code)
+    Rule(L + r"attention\.self\.layer_norm_q" + WB, "layers.{i}.attn.q_norm.{p}"),
+    Rule(L + r"attention\.self\.layer_norm_k" + WB, "layers.{i}.attn.k_norm.{p}"),
+    Rule(L + r"layer_norm_1" + WB, "layers.{i}.norm_attn2.{p}"),
+    # [non-gated; gated] → [gate; up]
+    Rule(L + r"mlp\.up_gated_layer\.weight$", "layers.{i}.mlp.up.weight", reorder=(1, 0)),
+    Rule(L + r"mlp\.down_layer" + WB, "layers.{i}.mlp.down.{p}"),
+    Rule(L + r"layer_norm_2" + WB, "layers.{i}.norm_mlp.{p}"),
     Drop(P + r"embeddings\.(?:position_ids|token_type_ids)$"),
     Drop(r"^cls\."),  # masked-LM head of the pre-training checkpoints
 ]
