@@ -14,6 +14,7 @@ from transformers import GteConfig, GteForSequenceClassification, GteForTokenCla
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import gte
 from embzoo.conversion.load import load_backbone
+from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import read_snapshot
 from embzoo.modeling.batch import PackedBatch
 
@@ -164,6 +165,12 @@ def test_to_arch_authors_config():
     assert (plain.rope_scaling, plain.type_vocab_size) == ("none", 0)
 
 
+def test_to_arch_rms_norm_keeps_the_embedding_layer_norm():
+    arch = gte.to_arch(authors_config(layer_norm_type="rms_norm", layer_norm_eps=1e-6))
+    assert (arch.norm, arch.norm_eps, arch.embed_norm, arch.embed_norm_layer) == ("rms", 1e-6, True, True)
+    assert gte.to_arch(authors_config()).norm == "layer"
+
+
 def test_to_arch_defaults_follow_the_config_class():
     minimal = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4}
     minimal["intermediate_size"] = 64
@@ -195,7 +202,7 @@ def test_to_arch_transformers_linear_rope_is_static_ntk():
     [
         ({"logn_attention_scale": True}, "logn_attention_scale"),
         ({"logn_attention_scale": "true"}, "logn_attention_scale"),
-        ({"layer_norm_type": "rms_norm"}, "rms_norm"),
+        ({"layer_norm_type": "batch_norm"}, "layer_norm_type 'batch_norm'"),
         ({"rope_scaling": {"type": "ntk", "factor": 2.0, "mixed_b": 0.5}}, "static NTK"),
         ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "static NTK"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}}, "rope_type 'yarn'"),
@@ -312,17 +319,25 @@ def test_sparse_token_classifier_is_dropped_as_embedder(make_checkpoint):
 
 def authors_forward(state, hf, ids):
     """The authors' NewModel forward (Alibaba-NLP/new-impl modeling.py) for one unpadded sequence from
-    tensors in their layout: absolute or rope (static NTK) positions, packed qkv, [up | gate] GeGLU."""
+    tensors in their layout: absolute or rope (static NTK) positions, packed qkv, [up | gate] GeGLU,
+    attn_ln / mlp_ln from LAYER_NORM[layer_norm_type] (embeddings.LayerNorm is always nn.LayerNorm)."""
     dim, heads, eps = hf["hidden_size"], hf["num_attention_heads"], hf["layer_norm_eps"]
     d, n = dim // heads, len(ids)
 
-    def norm(x, name):
+    def layer_norm(x, name):
         return F.layer_norm(x, (dim,), state[name + ".weight"], state[name + ".bias"], eps)
+
+    def rms_norm(x, name):  # their RMSNorm.forward: fp32, x * rsqrt(mean(x^2) + eps), cast back, * weight
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return state[name + ".weight"] * x32.to(x.dtype)
+
+    norm = rms_norm if hf["layer_norm_type"] == "rms_norm" else layer_norm
 
     h = state["embeddings.word_embeddings.weight"][ids] + state["embeddings.token_type_embeddings.weight"][0]
     if hf["position_embedding_type"] == "absolute":
         h = h + state["embeddings.position_embeddings.weight"][:n]
-    h = norm(h, "embeddings.LayerNorm")
+    h = layer_norm(h, "embeddings.LayerNorm")
     f = (hf["rope_scaling"] or {"factor": 1.0})["factor"]
     inv_freq = 1.0 / (hf["rope_theta"] * f) ** (torch.arange(0, d, 2).float() / d) / f ** (2 / d)
     angles = torch.arange(n).float()[:, None] * inv_freq
@@ -342,16 +357,38 @@ def authors_forward(state, hf, ids):
     return h
 
 
+RMS = {"layer_norm_type": "rms_norm", "layer_norm_eps": 1e-6}
+ABSOLUTE = {"position_embedding_type": "absolute", "rope_scaling": None}
+
+
+def rms_state(state, seed=6):
+    """The authors' rms_norm layout: attn_ln / mlp_ln hold a weight only (here random, around 1);
+    embeddings.LayerNorm keeps weight and bias (made random too, so that it matters)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in state.items():
+        if re.search(r"\.(?:attn_ln|mlp_ln)\.bias$", name):
+            continue
+        if re.search(r"(?:attn_ln|mlp_ln|LayerNorm)\.weight$", name):
+            t = 1 + 0.3 * torch.randn(t.shape, generator=g)
+        elif name.endswith("LayerNorm.bias"):
+            t = 0.3 * torch.randn(t.shape, generator=g)
+        out[name] = t
+    return out
+
+
 @pytest.mark.parametrize(
     "changes",
     [
-        pytest.param({"position_embedding_type": "absolute", "rope_scaling": None}, id="absolute"),
+        pytest.param(ABSOLUTE, id="absolute"),
         pytest.param({}, id="rope-ntk"),
+        pytest.param(RMS, id="rms-norm-rope-ntk"),
+        pytest.param(RMS | ABSOLUTE, id="rms-norm-absolute"),
     ],
 )
 def test_authors_forward_matches(tmp_path, make_checkpoint, changes):
-    """Against the authors' own formulas: absolute positions (no transformers class has them) and, as a
-    cross-check of the transformers-based reference, static NTK rope."""
+    """Against the authors' own formulas: absolute positions and layer_norm_type rms_norm (no transformers
+    class has them) and, as a cross-check of the transformers-based reference, static NTK rope."""
     hf = authors_config(**changes)
     folder, ref = make_checkpoint(GteModel, reference_config(authors_config()))
     state = write_authors(folder, ref, hf)
@@ -359,8 +396,35 @@ def test_authors_forward_matches(tmp_path, make_checkpoint, changes):
         g = torch.Generator().manual_seed(5)
         rows, dim = hf["max_position_embeddings"], SIZES["hidden_size"]
         state["embeddings.position_embeddings.weight"] = torch.randn(rows, dim, generator=g)
-        save_file(state, folder / "model.safetensors")
+    if hf["layer_norm_type"] == "rms_norm":
+        state = rms_state(state)
+    save_file(state, folder / "model.safetensors")
     seqs = ragged_ids(LENGTHS, hf["vocab_size"], seed=4)
     with torch.no_grad():
         expected = [authors_forward(state, hf, s) for s in seqs]
-    check(folder, expected, seqs)
+    got = check(folder, expected, seqs)
+    if hf["layer_norm_type"] == "rms_norm":  # not vacuous: LayerNorm blocks (zero bias) give other states
+        as_layer_norm = state | {
+            n.replace(".weight", ".bias"): torch.zeros_like(t) for n, t in state.items() if "_ln." in n
+        }
+        with torch.no_grad():
+            other = authors_forward(as_layer_norm, hf | {"layer_norm_type": "layer_norm"}, seqs[1])
+        assert (other - got[1]).abs().max() > 1e-2
+
+
+def test_rms_norm_model_layout(make_checkpoint):
+    """rms_norm: the embedding norm is a LayerNorm with a bias, every block norm a weight-only RMSNorm with
+    layer_norm_eps; a stray attn_ln.bias is refused by strict loading."""
+    hf = authors_config(**RMS)
+    folder, ref = make_checkpoint(GteModel, reference_config(authors_config()))
+    state = rms_state(write_authors(folder, ref, hf))
+    save_file(state, folder / "model.safetensors")
+    ours, _ = load_backbone(read_snapshot(folder))
+    assert isinstance(ours.embed.norm, torch.nn.LayerNorm) and ours.embed.norm.bias is not None
+    for layer in ours.layers:
+        for norm in (layer.norm_attn, layer.norm_mlp):
+            assert isinstance(norm, torch.nn.RMSNorm) and norm.eps == 1e-6
+            assert [n for n, _ in norm.named_parameters()] == ["weight"]
+    save_file(state | {"encoder.layer.0.attn_ln.bias": torch.zeros(SIZES["hidden_size"])}, folder / "model.safetensors")
+    with pytest.raises(WeightMismatch, match=r"layers\.0\.norm_attn\.bias"):
+        load_backbone(read_snapshot(folder))

@@ -18,6 +18,10 @@ Quirks and the fields that encode them:
 - One fused qkv_proj [3D, D] (rows Q, K, V) → `attn.qkv` as is; pack_qkv false stores
   attention.{q,k,v}_proj and transformers' layout self_attn.{q,k,v}_proj: both fused in the order q, k, v.
 - type_vocab_size 0 (gte-base-en-v1.5) means no token-type table → `type_vocab_size=0`.
+- layer_norm_type "rms_norm" makes each layer's attn_ln / mlp_ln an RMSNorm (weight only, eps
+  layer_norm_eps, computed in fp32: x · rsqrt(mean(x²) + eps), then · weight) → `norm="rms"`, `norm_eps`;
+  the embedding norm stays an nn.LayerNorm (weight and bias) → `embed_norm_layer=True` (set for both
+  types: it is always a LayerNorm). The attn_ln / mlp_ln rules then meet only .weight.
 - Weight names: the authors' layout with an optional "new." prefix (base_model_prefix of their *For*
   classes); transformers' save_pretrained writes that same layout by default, with the prefix "gte."
   for its *For* classes, and its own names (layers.{i}.self_attn..., post_*_layernorm) with
@@ -30,9 +34,8 @@ Quirks and the fields that encode them:
   they are not read (some configs write them as strings, e.g. "true").
 
 Rejected with UnsupportedConfig: logn_attention_scale (queries scaled by log(len)/log(max_pos));
-layer_norm_type "rms_norm" (the authors' code then keeps embeddings.LayerNorm a LayerNorm while attn_ln /
-mlp_ln become RMSNorm; ArchConfig has one `norm` for both); rope_scaling other than plain ntk (mixed_b,
-other types) and rope_parameters other than default / linear; unknown hidden_act.
+layer_norm_type other than layer_norm / rms_norm; rope_scaling other than plain ntk (mixed_b, other types)
+and rope_parameters other than default / linear; unknown hidden_act.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ MODEL_TYPES = ("new", "gte")
 
 HIDDEN_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 HIDDEN_ACTS |= {"silu": "silu", "swish": "silu"}
+NORMS = {"layer_norm": "layer", "rms_norm": "rms"}  # layer_norm_type → ArchConfig.norm (attn_ln / mlp_ln)
 
 # defaults of the config classes for keys a config.json may leave out: the authors' NewConfig (and
 # Snowflake's copy, which writes every key) and transformers' GteConfig
@@ -86,11 +90,8 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     if flag(hf, "logn_attention_scale", False):
         raise UnsupportedConfig("gte: logn_attention_scale (queries scaled by log(len)/log(max_pos)) is not supported")
     norm_type = hf.get("layer_norm_type", "layer_norm")
-    if norm_type != "layer_norm":
-        raise UnsupportedConfig(
-            f"gte: layer_norm_type {norm_type!r}; only 'layer_norm' is supported (with 'rms_norm' the embedding "
-            "norm stays a LayerNorm while the block norms become RMSNorm)"
-        )
+    if norm_type not in NORMS:
+        raise UnsupportedConfig(f"gte: layer_norm_type {norm_type!r}; supported: {sorted(NORMS)}")
     act = hf.get("hidden_act", "gelu")
     if act not in HIDDEN_ACTS:
         raise UnsupportedConfig(f"gte: hidden_act {act!r}; supported: {sorted(HIDDEN_ACTS)}")
@@ -110,7 +111,9 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         type_vocab_size=hf.get("type_vocab_size", 1),
         positions=positions,
         max_positions=hf.get("max_position_embeddings", DEFAULTS[model_type]["max_position_embeddings"]),
-        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        norm=NORMS[norm_type],
+        norm_eps=hf.get("layer_norm_eps", 1e-12),  # the block norms' eps, RMSNorm's too
+        embed_norm_layer=True,  # embeddings.LayerNorm is an nn.LayerNorm whatever layer_norm_type says
         activation=HIDDEN_ACTS[act],
         mlp_gated=True,
         mlp_up_bias=False,  # up_gate_proj has no bias; down_proj has one
@@ -132,10 +135,10 @@ WEIGHTS = [
     Rule(ORIG + r"attention\.qkv_proj" + WB, "layers.{i}.attn.qkv.{p}"),  # rows [Q; K; V]
     Rule(ORIG + r"attention\.(?P<qkv>q|k|v)_proj" + WB, "layers.{i}.attn.qkv.{p}", fuse=("qkv", ("q", "k", "v"))),
     Rule(ORIG + r"attention\.o_proj" + WB, "layers.{i}.attn.out.{p}"),
-    Rule(ORIG + r"attn_ln" + WB, "layers.{i}.norm_attn.{p}"),
+    Rule(ORIG + r"attn_ln" + WB, "layers.{i}.norm_attn.{p}"),  # rms_norm: weight only
     Rule(ORIG + r"mlp\.up_gate_proj\.weight$", "layers.{i}.mlp.up.weight", reorder=(1, 0)),  # [up; gate] → [gate; up]
     Rule(ORIG + r"mlp\.down_proj" + WB, "layers.{i}.mlp.down.{p}"),
-    Rule(ORIG + r"mlp_ln" + WB, "layers.{i}.norm_mlp.{p}"),
+    Rule(ORIG + r"mlp_ln" + WB, "layers.{i}.norm_mlp.{p}"),  # rms_norm: weight only
     # transformers' own layout
     Rule(NATIVE + r"self_attn\.(?P<qkv>q|k|v)_proj" + WB, "layers.{i}.attn.qkv.{p}", fuse=("qkv", ("q", "k", "v"))),
     Rule(NATIVE + r"self_attn\.o_proj" + WB, "layers.{i}.attn.out.{p}"),
