@@ -1,8 +1,10 @@
 """Known checkpoints: hub id → family, pooling, prompts, max length and card facts.
 
 A snapshot's own sentence-transformers files win where they say something; the catalog fills in
-what they leave out (e5's "query: " / "passage: " prompts, bge's query instruction, pooling for
-folders without modules.json).
+what they leave out: prompts (e5's "query: " / "passage: ", bge's query instruction), and pooling,
+normalization and max length for folders without modules.json. Recipes keyed by hub id (nomic v1.5's
+Matryoshka layer norm) apply when loading by that id; for a local copy set
+`Embedder.matryoshka_layer_norm = True`.
 """
 
 from __future__ import annotations

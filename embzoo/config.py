@@ -94,6 +94,8 @@ class ArchConfig:
                     "set head_dim explicitly"
                 )
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.rope_scaling == "ntk_dynamic" and self.rope_original_max < 1:
+            raise UnsupportedConfig("rope_scaling='ntk_dynamic' needs rope_original_max >= 1 (the trained length)")
         if self.attn_second_norm and self.norm_placement != "post":
             raise UnsupportedConfig("attn_second_norm needs norm_placement='post'")
         if self.positions == "rope" and self.rotary_dim % 2:

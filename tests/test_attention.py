@@ -170,7 +170,7 @@ def test_auto_preference_on_cuda(monkeypatch):
     assert resolve_backend("cuda", torch.float16, {"causal", "window"}) == "varlen"
     assert resolve_backend("cuda", torch.bfloat16, {"alibi"}) == "flex"
     assert resolve_backend("cuda", torch.bfloat16, {"softcap"}) == "flex"
-    assert resolve_backend("cuda", torch.float32) == "sdpa"
+    assert resolve_backend("cuda", torch.float32) == "flex"  # not the padded reference: it materializes S×S
     monkeypatch.setattr(attn_mod, "_flash_varlen_func", lambda: object())
     assert resolve_backend("cuda", torch.bfloat16, {"alibi", "softcap"}) == "flash"
 
@@ -270,3 +270,18 @@ def test_cuda_backend_matches_sdpa_bf16(backend, shape, feats):
     assert out.dtype == torch.bfloat16 and out.shape == base.shape
     torch.testing.assert_close(out.float(), base.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(out.double().cpu(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_flex_block_mask_is_built_once_per_forward(monkeypatch):
+    """Every layer passes the same cu_seqlens: one mask per forward and window, rebuilt for a new batch."""
+    built = []
+    real = attn_mod.create_block_mask
+    monkeypatch.setattr(attn_mod, "create_block_mask", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
+    first = attention(q, k, v, cu, 5, backend="flex")
+    for _ in range(3):
+        torch.testing.assert_close(attention(q, k, v, cu, 5, backend="flex"), first)
+    attention(q, k, v, cu, 5, window=(1, 1), backend="flex")
+    assert len(built) == 2
+    attention(q, k, v, cu.clone(), 5, backend="flex")
+    assert len(built) == 3

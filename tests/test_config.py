@@ -62,3 +62,16 @@ def test_registry_routes_shared_model_types_by_config_values():
     assert family_for({"model_type": "bert", "position_embedding_type": "alibi"}).__name__.endswith(".jina_bert")
     with pytest.raises(UnsupportedConfig, match="supported model_types"):
         family_for({"model_type": "t5"})
+
+
+def test_dynamic_ntk_needs_its_trained_length():
+    with pytest.raises(UnsupportedConfig, match="rope_original_max >= 1"):
+        ArchConfig(**SMALL, positions="rope", rope_scaling="ntk_dynamic", rope_factor=2.0)
+
+
+def test_rope_backbone_trains():
+    """Rotary rotates q/k in place on views of the fused projection; autograd must accept it."""
+    backbone = Backbone(ArchConfig(**SMALL, positions="rope", mlp_gated=True, rotary_fraction=0.5))
+    h = backbone(PackedBatch.from_sequences([[1, 2, 3], [4, 5]]))
+    h.pow(2).sum().backward()
+    assert backbone.layers[0].attn.qkv.weight.grad.abs().sum() > 0

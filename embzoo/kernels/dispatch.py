@@ -58,12 +58,18 @@ def interpreting() -> bool:
 
 
 def use_triton(x: torch.Tensor) -> bool:
-    """Whether the Triton implementation should handle `x`; raises if "triton" is forced but cannot run."""
+    """Whether the Triton implementation should handle `x`; raises if "triton" is forced but cannot run.
+
+    The Triton kernels have no backward: where autograd needs x's gradient, "auto" takes the reference.
+    """
     name = current()
     if name == "reference":
         return False
+    needs_grad = x.requires_grad and torch.is_grad_enabled()
     if name == "auto":
-        return x.is_cuda and HAS_TRITON
+        return x.is_cuda and HAS_TRITON and not needs_grad
+    if needs_grad:
+        raise RuntimeError("kernel implementation 'triton' has no backward; use 'auto' or 'reference' for autograd")
     if not HAS_TRITON:
         raise RuntimeError("kernel implementation 'triton' was requested but triton is not installed")
     if not x.is_cuda and not interpreting():

@@ -2,7 +2,7 @@
 
 `attention(q, k, v, cu_seqlens, max_seqlen, ...)` takes q [T, H, d], k/v [T, Hkv, d] (H % Hkv == 0)
 and int32 cu_seqlens [B+1]; sequence b owns tokens cu_seqlens[b]:cu_seqlens[b+1]. Backends, in auto
-preference order on CUDA fp16/bf16 (anything else gets "sdpa"):
+preference order on CUDA (fp32 skips flash/varlen; the CPU gets "sdpa"):
 
     flash   flash_attn.flash_attn_varlen_func (CUDA, fp16/bf16): causal, window, alibi, softcap
     varlen  torch.nn.attention.varlen.varlen_attn (CUDA, fp16/bf16, torch>=2.11): causal, window
@@ -22,6 +22,7 @@ import inspect
 import math
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -145,7 +146,7 @@ def resolve_backend(
     name = backend or os.environ.get(ENV_VAR) or None
     can = available_backends(device, dtype, features)
     if name is None:
-        return can[0] if device.type == "cuda" and dtype in _HALF else "sdpa"
+        return can[0] if device.type == "cuda" else "sdpa"
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
     reasons = _unmet(name, device, dtype, features)
@@ -381,6 +382,23 @@ def _score_mod(alibi_slopes: torch.Tensor | None, softcap: float | None) -> Call
     return score_mod
 
 
+_MASKS: dict[Window, tuple[weakref.ref, int, int, BlockMask]] = {}
+
+
+def _block_mask(make_mask: Callable, cu_seqlens: torch.Tensor, padded: int, window: Window) -> BlockMask:
+    """The document (+ window) block mask for this packed batch. Every layer of a forward passes the same
+    cu_seqlens tensor, so the mask is built once per forward and window; a different (or modified)
+    cu_seqlens tensor rebuilds it."""
+    hit = _MASKS.get(window)
+    if hit and hit[0]() is cu_seqlens and hit[1] == cu_seqlens._version and hit[2] == padded:
+        return hit[3]
+    tokens = torch.arange(padded, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+    doc = torch.searchsorted(cu_seqlens[1:], tokens, right=True)  # padding tokens form document B
+    mask = make_mask(_mask_mod(doc, window), None, None, padded, padded, device=cu_seqlens.device)
+    _MASKS[window] = (weakref.ref(cu_seqlens), cu_seqlens._version, padded, mask)
+    return mask
+
+
 def _flex(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -392,11 +410,9 @@ def _flex(
     """FlexAttention over the packed stream as one sequence padded to P (multiple of 128)."""
     total = q.shape[0]
     padded = math.ceil(total / _FLEX_BLOCK) * _FLEX_BLOCK
-    tokens = torch.arange(padded, device=q.device, dtype=cu_seqlens.dtype)
-    doc = torch.searchsorted(cu_seqlens[1:], tokens, right=True)  # padding tokens form document B
     qf, kf, vf = (F.pad(x, (0, 0, 0, 0, 0, padded - total)).transpose(0, 1)[None] for x in (q, k, v))
     flex, make_mask = _compiled_flex() if q.is_cuda else (flex_attention, create_block_mask)
-    block_mask: BlockMask = make_mask(_mask_mod(doc, o.window), None, None, padded, padded, device=q.device)
+    block_mask = _block_mask(make_mask, cu_seqlens, padded, o.window)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out = flex(

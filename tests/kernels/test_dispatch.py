@@ -74,3 +74,15 @@ def test_forced_triton_on_cpu_needs_interpreter(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with K.use("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         dispatch.use_triton(torch.zeros(1))
+
+
+def test_autograd_takes_the_reference_because_triton_kernels_have_no_backward(monkeypatch):
+    x = torch.randn(4, 3, requires_grad=True)
+    with K.use("triton"):
+        assert dispatch.use_triton(x.detach())
+        with pytest.raises(RuntimeError, match="no backward"):
+            dispatch.use_triton(x)
+        with torch.no_grad():
+            assert dispatch.use_triton(x)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    assert dispatch.use_triton(x.detach()) and not dispatch.use_triton(x)  # auto on "CUDA"
