@@ -54,11 +54,15 @@ P = r"^(?:bert\.|roberta\.)?"
 L = P + r"encoder\.layer\.(?P<i>\d+)\."
 WB = r"\.(?P<p>weight|bias)$"
 
-WEIGHTS = [
+# embeddings and attention: shared with jina-bert-v2, which keeps BERT's names for them
+EMBEDDINGS = [
     Rule(P + r"embeddings\.word_embeddings\.weight$", "embed.tok.weight"),
     Rule(P + r"embeddings\.position_embeddings\.weight$", "embed.pos.weight"),
     Rule(P + r"embeddings\.token_type_embeddings\.weight$", "embed.token_type.weight"),
     Rule(P + r"embeddings\.LayerNorm" + WB, "embed.norm.{p}"),
+    Drop(P + r"embeddings\.(?:position_ids|token_type_ids)$"),
+]
+ATTENTION = [
     Rule(
         L + r"attention\.self\.(?P<qkv>query|key|value)" + WB,
         "layers.{i}.attn.qkv.{p}",
@@ -66,10 +70,13 @@ WEIGHTS = [
     ),
     Rule(L + r"attention\.output\.dense" + WB, "layers.{i}.attn.out.{p}"),
     Rule(L + r"attention\.output\.LayerNorm" + WB, "layers.{i}.norm_attn.{p}"),
+]
+WEIGHTS = [
+    *EMBEDDINGS,
+    *ATTENTION,
     Rule(L + r"intermediate\.dense" + WB, "layers.{i}.mlp.up.{p}"),
     Rule(L + r"output\.dense" + WB, "layers.{i}.mlp.down.{p}"),
     Rule(L + r"output\.LayerNorm" + WB, "layers.{i}.norm_mlp.{p}"),
-    Drop(P + r"embeddings\.position_ids$"),
     Drop(r"^(?:cls|lm_head)\."),  # masked-LM heads of pre-training checkpoints
 ]
 

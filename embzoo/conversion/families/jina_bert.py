@@ -33,6 +33,8 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.conversion.families import bert
+from embzoo.conversion.families.bert import WB, L
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("bert",)
@@ -85,21 +87,10 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     )
 
 
-P = r"^(?:bert\.)?"
-L = P + r"encoder\.layer\.(?P<i>\d+)\."
-WB = r"\.(?P<p>weight|bias)$"
-
+# BERT's names for the embeddings (no position table here) and attention; jina's own MLP and norms
 WEIGHTS = [
-    Rule(P + r"embeddings\.word_embeddings\.weight$", "embed.tok.weight"),
-    Rule(P + r"embeddings\.token_type_embeddings\.weight$", "embed.token_type.weight"),
-    Rule(P + r"embeddings\.LayerNorm" + WB, "embed.norm.{p}"),
-    Rule(
-        L + r"attention\.self\.(?P<qkv>query|key|value)" + WB,
-        "layers.{i}.attn.qkv.{p}",
-        fuse=("qkv", ("query", "key", "value")),
-    ),
-    Rule(L + r"attention\.output\.dense" + WB, "layers.{i}.attn.out.{p}"),
-    Rule(L + r"attention\.output\.LayerNorm" + WB, "layers.{i}.norm_attn.{p}"),
+    *bert.EMBEDDINGS,
+    *bert.ATTENTION,
     Rule(L + r"mlp\.gated_layers\.weight$", "layers.{i}.mlp.up.weight"),  # [gated; non-gated] = [gate; up]
     Rule(L + r"mlp\.wo" + WB, "layers.{i}.mlp.down.{p}"),
     Rule(L + r"mlp\.layernorm" + WB, "layers.{i}.norm_mlp.{p}"),
@@ -111,13 +102,8 @@ WEIGHTS = [
     Rule(L + r"mlp\.up_gated_layer\.weight$", "layers.{i}.mlp.up.weight", reorder=(1, 0)),
     Rule(L + r"mlp\.down_layer" + WB, "layers.{i}.mlp.down.{p}"),
     Rule(L + r"layer_norm_2" + WB, "layers.{i}.norm_mlp.{p}"),
-    Drop(P + r"embeddings\.(?:position_ids|token_type_ids)$"),
     Drop(r"^cls\."),  # masked-LM head of the pre-training checkpoints
 ]
 
-# sequence-classification heads (jina-reranker-v1), by the checkpoint's model_type; absent heads are dropped
-_CLS_HEAD = [
-    Rule(P + r"pooler\.dense" + WB, "head.dense.{p}"),
-    Rule(r"^classifier" + WB, "head.out.{p}"),
-]
-HEADS = {"bert": _CLS_HEAD}
+# sequence-classification heads (jina-reranker-v1): BERT's pooler + classifier
+HEADS = {"bert": bert.HEADS["bert"]}
