@@ -69,3 +69,22 @@ def make_checkpoint(tmp_path, tokenizer_dir):
         return save_checkpoint(model, tmp_path / name, tokenizer_dir, **save_kwargs), model
 
     return build
+
+
+def ragged_ids(lengths, vocab, seed=0, low=5) -> list[list[int]]:
+    """Random token-id lists of the given lengths (ids from `low` up, clear of special and pad ids)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def reference_hidden(model, seqs, pad_id=0) -> list[torch.Tensor]:
+    """transformers on a right-padded batch with an attention mask; returns per-sequence states."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return [out[i, : len(s)] for i, s in enumerate(seqs)]

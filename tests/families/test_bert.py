@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import ragged_ids, reference_hidden
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -41,24 +42,6 @@ def test_to_arch_rejects_unsupported_variants(changes, message):
     hf |= {"num_attention_heads": 2, "intermediate_size": 16, **changes}
     with pytest.raises(UnsupportedConfig, match=message):
         bert.to_arch(hf)
-
-
-def ragged_ids(lengths, vocab, seed=0, low=5):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
-def reference_hidden(model, seqs, pad_id):
-    """transformers on a right-padded batch with an attention mask; returns per-sequence states."""
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
 
 
 SMALL = dict(vocab_size=300, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ragged_ids
 from safetensors.torch import save_file
 from transformers import GteConfig, GteForSequenceClassification, GteForTokenClassification, GteModel
 
@@ -101,11 +102,6 @@ def write_authors(folder, ref, hf, prefix="", pack_qkv=True):
     save_file(state, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(hf))
     return state
-
-
-def ragged_ids(lengths, vocab, seed=0, low=5):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
 def padded(seqs, pad_id, types=None):

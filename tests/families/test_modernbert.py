@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import save_checkpoint
+from conftest import ragged_ids, save_checkpoint
 from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertModel
 
 from embzoo.config import UnsupportedConfig
@@ -116,11 +116,6 @@ def make_checkpoint(tmp_path, tokenizer_dir):
         return save_checkpoint(model, tmp_path / name, tokenizer_dir), model
 
     return build
-
-
-def ragged_ids(lengths, vocab, seed=0, low=5):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
 def padded(seqs, pad_id):

@@ -17,6 +17,7 @@ import re
 
 import pytest
 import torch
+from conftest import ragged_ids, reference_hidden
 from safetensors.torch import save_file
 from torch import nn
 from transformers import NomicBertConfig, NomicBertForSequenceClassification, NomicBertModel
@@ -267,24 +268,6 @@ def write_original(folder, model, orig: dict, prefix: str = ""):
     (folder / "config.json").write_text(json.dumps(orig))
     save_file(original_state_dict(model, prefix), str(folder / "model.safetensors"))
     return folder
-
-
-def ragged_ids(lengths, vocab, seed=0, low=5):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
-
-
-def reference_hidden(model, seqs, pad_id=0):
-    """transformers on a right-padded batch with an attention mask; returns per-sequence states."""
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    return [out[i, : len(s)] for i, s in enumerate(seqs)]
 
 
 def ours_hidden(backbone, seqs):
