@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from embzoo.config import UnsupportedConfig
 
+T = TypeVar("T")
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "none", "null", "")
 
 
@@ -18,3 +20,11 @@ def flag(config: dict[str, Any], key: str, default: bool) -> bool:
     if text in TRUE or text in FALSE:
         return text in TRUE
     raise UnsupportedConfig(f"config key {key!r} = {value!r} is not a boolean; use true or false")
+
+
+def choice(config: dict[str, Any], key: str, default: str, table: Mapping[str, T], family: str) -> T:
+    """table[config[key]] (default when absent); an unlisted value raises naming the supported ones."""
+    value = config.get(key, default)
+    if value not in table:
+        raise UnsupportedConfig(f"{family}: {key} {value!r}; supported: {sorted(table)}")
+    return table[value]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.conversion.config_values import choice
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -27,9 +28,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
             f"{hf['model_type']}: position_embedding_type {hf['position_embedding_type']!r}; "
             "only 'absolute' is supported"
         )
-    act = hf.get("hidden_act", "gelu")
-    if act not in HIDDEN_ACTS:
-        raise UnsupportedConfig(f"{hf['model_type']}: hidden_act {act!r}; supported: {sorted(HIDDEN_ACTS)}")
+    activation = choice(hf, "hidden_act", "gelu", HIDDEN_ACTS, hf["model_type"])
     roberta = hf["model_type"] != "bert"
     if roberta and hf.get("pad_token_id", 1) is None:
         raise UnsupportedConfig(
@@ -46,7 +45,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         max_positions=hf.get("max_position_embeddings", 512),
         position_offset=hf.get("pad_token_id", 1) + 1 if roberta else 0,
         norm_eps=hf.get("layer_norm_eps", 1e-12),
-        activation=HIDDEN_ACTS[act],
+        activation=activation,
     )
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import flag
+from embzoo.conversion.config_values import choice, flag
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("new", "gte")
@@ -89,12 +89,8 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     model_type = hf["model_type"]
     if flag(hf, "logn_attention_scale", False):
         raise UnsupportedConfig("gte: logn_attention_scale (queries scaled by log(len)/log(max_pos)) is not supported")
-    norm_type = hf.get("layer_norm_type", "layer_norm")
-    if norm_type not in NORMS:
-        raise UnsupportedConfig(f"gte: layer_norm_type {norm_type!r}; supported: {sorted(NORMS)}")
-    act = hf.get("hidden_act", "gelu")
-    if act not in HIDDEN_ACTS:
-        raise UnsupportedConfig(f"gte: hidden_act {act!r}; supported: {sorted(HIDDEN_ACTS)}")
+    norm = choice(hf, "layer_norm_type", "layer_norm", NORMS, "gte")
+    activation = choice(hf, "hidden_act", "gelu", HIDDEN_ACTS, "gte")
     positions = hf.get("position_embedding_type", "rope")
     if positions not in ("rope", "absolute"):
         raise UnsupportedConfig(f"gte: position_embedding_type {positions!r}; supported: 'rope', 'absolute'")
@@ -111,10 +107,10 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         type_vocab_size=hf.get("type_vocab_size", 1),
         positions=positions,
         max_positions=hf.get("max_position_embeddings", DEFAULTS[model_type]["max_position_embeddings"]),
-        norm=NORMS[norm_type],
+        norm=norm,
         norm_eps=hf.get("layer_norm_eps", 1e-12),  # the block norms' eps, RMSNorm's too
         embed_norm_layer=True,  # embeddings.LayerNorm is an nn.LayerNorm whatever layer_norm_type says
-        activation=HIDDEN_ACTS[act],
+        activation=activation,
         mlp_gated=True,
         mlp_up_bias=False,  # up_gate_proj has no bias; down_proj has one
         **rope,

@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.conversion.config_values import choice
 from embzoo.conversion.families import bert
 from embzoo.conversion.families.bert import WB, L
 from embzoo.conversion.rules import Drop, Rule
@@ -65,9 +66,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
             f"jina-bert-v2: position_embedding_type {positions!r}; only 'alibi' is supported here "
             "(absolute-position BERT checkpoints belong to the BERT family)"
         )
-    mlp = hf.get("feed_forward_type", "original")
-    if mlp not in GLU_ACTS:
-        raise UnsupportedConfig(f"jina-bert-v2: feed_forward_type {mlp!r}; supported: {sorted(GLU_ACTS)}")
+    activation = choice(hf, "feed_forward_type", "original", GLU_ACTS, "jina-bert-v2")
     post_norm = _qk_post_norm(hf)
     return ArchConfig(
         vocab_size=hf["vocab_size"],
@@ -79,7 +78,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         positions="alibi",
         max_positions=hf.get("max_position_embeddings", 512),
         norm_eps=hf.get("layer_norm_eps", 1e-12),
-        activation=GLU_ACTS[mlp],
+        activation=activation,
         mlp_gated=True,
         mlp_up_bias=False,  # gated_layers / up_gated_layer have no bias; wo / down_layer have one
         qk_norm=post_norm,

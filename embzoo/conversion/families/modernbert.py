@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import flag
+from embzoo.conversion.config_values import choice, flag
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("modernbert",)
@@ -42,9 +42,7 @@ LEGACY_THETA = {"full_attention": "global_rope_theta", "sliding_attention": "loc
 
 def to_arch(hf: dict[str, Any]) -> ArchConfig:
     """config.json of a ModernBERT checkpoint → ArchConfig."""
-    act = hf.get("hidden_activation", "gelu")
-    if act not in ACTIVATIONS:
-        raise UnsupportedConfig(f"modernbert: hidden_activation {act!r}; supported: {sorted(ACTIVATIONS)}")
+    activation = choice(hf, "hidden_activation", "gelu", ACTIVATIONS, "modernbert")
     n = hf["num_hidden_layers"]
     types = _layer_types(hf, n)
     thetas = _rope_thetas(hf)
@@ -70,7 +68,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         out_bias=attention_bias,
         layer_types=types,
         local_window=hf.get("local_attention", 128) // 2 if "local" in types else 0,
-        activation=ACTIVATIONS[act],
+        activation=activation,
         mlp_gated=True,
         mlp_bias=flag(hf, "mlp_bias", False),
     )
@@ -116,14 +114,12 @@ def _rope_thetas(hf: dict[str, Any]) -> dict[str, float]:
 
 def head_config(hf: dict[str, Any]) -> dict[str, Any]:
     """ClassificationHead options of ModernBertForSequenceClassification (see the module docstring)."""
-    act = hf.get("classifier_activation", "gelu")
-    if act not in HEAD_ACTIVATIONS:
-        raise UnsupportedConfig(f"modernbert: classifier_activation {act!r}; supported: {sorted(HEAD_ACTIVATIONS)}")
+    activation = choice(hf, "classifier_activation", "gelu", HEAD_ACTIVATIONS, "modernbert")
     pooling = hf.get("classifier_pooling", "cls")
     if pooling not in ("cls", "mean"):
         raise UnsupportedConfig(f"modernbert: classifier_pooling {pooling!r}; supported: 'cls', 'mean'")
     return dict(
-        activation=HEAD_ACTIVATIONS[act],
+        activation=activation,
         dense_bias=flag(hf, "classifier_bias", False),
         norm=True,
         norm_eps=hf.get("norm_eps", 1e-5),

@@ -45,7 +45,7 @@ import math
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import flag
+from embzoo.conversion.config_values import choice, flag
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("nomic_bert",)
@@ -90,10 +90,7 @@ def _original(hf: dict[str, Any]) -> ArchConfig:
     head_dim = d // heads if heads and d % heads == 0 else 0
     if head_dim and not (head_dim * fraction).is_integer():
         raise UnsupportedConfig(f"nomic_bert: rotary_emb_fraction {fraction} of head dim {head_dim} is not whole")
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ORIGINAL_ACTS:
-        raise UnsupportedConfig(f"nomic_bert: activation_function {act!r}; supported: {sorted(ORIGINAL_ACTS)}")
-    gated, activation = ORIGINAL_ACTS[act]
+    gated, activation = choice(hf, "activation_function", "gelu_new", ORIGINAL_ACTS, "nomic_bert")
     fc1_bias, fc2_bias = flag(hf, "mlp_fc1_bias", True), flag(hf, "mlp_fc2_bias", True)
     if fc1_bias != fc2_bias:
         raise UnsupportedConfig(
@@ -145,9 +142,7 @@ def _native(hf: dict[str, Any]) -> ArchConfig:
             f"nomic_bert: partial_rotary_factor {partial} in a transformers-layout config (transformers' "
             "NomicBert rotates the whole head); use the original rotary_emb_fraction layout"
         )
-    act = hf.get("hidden_act", "silu")
-    if act not in NATIVE_ACTS:
-        raise UnsupportedConfig(f"nomic_bert: hidden_act {act!r}; supported: {sorted(NATIVE_ACTS)}")
+    activation = choice(hf, "hidden_act", "silu", NATIVE_ACTS, "nomic_bert")
     trained = hf.get("max_position_embeddings", 2048)
     scaling, longest = {}, trained
     if kind == "dynamic":
@@ -168,7 +163,7 @@ def _native(hf: dict[str, Any]) -> ArchConfig:
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         qkv_bias=False,
         out_bias=False,
-        activation=NATIVE_ACTS[act],
+        activation=activation,
         mlp_gated=True,
         mlp_bias=False,
         **scaling,
