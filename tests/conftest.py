@@ -77,14 +77,20 @@ def ragged_ids(lengths, vocab, seed=0, low=5) -> list[list[int]]:
     return [torch.randint(low, vocab, (n,), generator=g).tolist() for n in lengths]
 
 
-def reference_hidden(model, seqs, pad_id=0) -> list[torch.Tensor]:
-    """transformers on a right-padded batch with an attention mask; returns per-sequence states."""
+def padded(seqs, pad_id=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded input_ids [B, S] and attention_mask [B, S], as transformers' references take them."""
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def reference_hidden(model, seqs, pad_id=0) -> list[torch.Tensor]:
+    """transformers on a right-padded batch with an attention mask; returns per-sequence states."""
+    ids, mask = padded(seqs, pad_id)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).last_hidden_state
     return [out[i, : len(s)] for i, s in enumerate(seqs)]

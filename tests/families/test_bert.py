@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import ragged_ids, reference_hidden
+from conftest import padded, ragged_ids, reference_hidden
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -110,11 +110,7 @@ def test_classification_head_matches_transformers(make_checkpoint, model_cls, co
     assert head is not None
     lengths = [3, 12, 1, 30]
     seqs = ragged_ids(lengths, config.vocab_size, seed=1)
-    width = max(lengths)
-    ids = torch.full((len(seqs), width), config.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    ids, mask = padded(seqs, config.pad_token_id)
     batch = PackedBatch.from_sequences(seqs)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask).logits

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ragged_ids
+from conftest import padded, ragged_ids
 from safetensors.torch import save_file
 from transformers import GteConfig, GteForSequenceClassification, GteForTokenClassification, GteModel
 
@@ -104,21 +104,20 @@ def write_authors(folder, ref, hf, prefix="", pack_qkv=True):
     return state
 
 
-def padded(seqs, pad_id, types=None):
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    tt = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
-        if types is not None:
-            tt[i, : len(s)] = torch.tensor(types[i])
-    return ids, mask, (tt if types is not None else None)
+def padded_with_types(seqs, pad_id, types=None):
+    """conftest.padded plus right-padded token_type_ids (None when types is None)."""
+    ids, mask = padded(seqs, pad_id)
+    if types is None:
+        return ids, mask, None
+    tt = torch.zeros_like(ids)
+    for i, t in enumerate(types):
+        tt[i, : len(t)] = torch.tensor(t)
+    return ids, mask, tt
 
 
 def reference_hidden(model, seqs, pad_id, types=None):
     """transformers on a right-padded batch with an attention mask; returns per-sequence states."""
-    ids, mask, tt = padded(seqs, pad_id, types)
+    ids, mask, tt = padded_with_types(seqs, pad_id, types)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
     return [out[i, : len(s)] for i, s in enumerate(seqs)]
@@ -287,7 +286,7 @@ def test_reranker_head_matches_transformers(make_checkpoint, authors_layout):
         assert "new.pooler.dense.weight" in state and "classifier.weight" in state
     lengths = [3, 12, 1, 30]
     seqs = ragged_ids(lengths, hf["vocab_size"], seed=1)
-    ids, mask, _ = padded(seqs, 1)
+    ids, mask = padded(seqs, 1)
     backbone, head = load_backbone(read_snapshot(folder))
     batch = PackedBatch.from_sequences(seqs)
     with torch.no_grad():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import ragged_ids, save_checkpoint
+from conftest import padded, ragged_ids, save_checkpoint
 from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertModel
 
 from embzoo.config import UnsupportedConfig
@@ -116,16 +116,6 @@ def make_checkpoint(tmp_path, tokenizer_dir):
         return save_checkpoint(model, tmp_path / name, tokenizer_dir), model
 
     return build
-
-
-def padded(seqs, pad_id):
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids, mask
 
 
 def to_legacy_form(folder, every, global_rope_theta, local_rope_theta):
