@@ -28,3 +28,14 @@ def choice(config: dict[str, Any], key: str, default: str, table: Mapping[str, T
     if value not in table:
         raise UnsupportedConfig(f"{family}: {key} {value!r}; supported: {sorted(table)}")
     return table[value]
+
+
+def sizes(config: dict[str, Any]) -> dict[str, int]:
+    """ArchConfig's size fields from transformers' standard config keys."""
+    return dict(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        num_layers=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        intermediate_size=config["intermediate_size"],
+    )

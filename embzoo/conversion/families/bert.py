@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice
+from embzoo.conversion.config_values import choice, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
@@ -36,11 +36,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
             "set it in config.json (RoBERTa and XLM-R use 1)"
         )
     return ArchConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes(hf),
         type_vocab_size=hf.get("type_vocab_size", 2),
         max_positions=hf.get("max_position_embeddings", 512),
         position_offset=hf.get("pad_token_id", 1) + 1 if roberta else 0,

@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, flag
+from embzoo.conversion.config_values import choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("new", "gte")
@@ -94,15 +94,10 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     positions = hf.get("position_embedding_type", "rope")
     if positions not in ("rope", "absolute"):
         raise UnsupportedConfig(f"gte: position_embedding_type {positions!r}; supported: 'rope', 'absolute'")
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
     rope = _rope(hf, head_dim) if positions == "rope" else {}
     return ArchConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=heads,
-        intermediate_size=hf["intermediate_size"],
+        **sizes(hf),
         head_dim=hf.get("head_dim") or 0,
         type_vocab_size=hf.get("type_vocab_size", 1),
         positions=positions,

@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice
+from embzoo.conversion.config_values import choice, sizes
 from embzoo.conversion.families import bert
 from embzoo.conversion.families.bert import WB, L
 from embzoo.conversion.rules import Drop, Rule
@@ -69,11 +69,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     activation = choice(hf, "feed_forward_type", "original", GLU_ACTS, "jina-bert-v2")
     post_norm = _qk_post_norm(hf)
     return ArchConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes(hf),
         type_vocab_size=hf.get("type_vocab_size", 2),
         positions="alibi",
         max_positions=hf.get("max_position_embeddings", 512),

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, flag
+from embzoo.conversion.config_values import choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("modernbert",)
@@ -48,11 +48,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     thetas = _rope_thetas(hf)
     attention_bias = flag(hf, "attention_bias", False)
     return ArchConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=n,
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes(hf),
         type_vocab_size=0,
         positions="rope",
         max_positions=hf.get("max_position_embeddings", 8192),

@@ -45,7 +45,7 @@ import math
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, flag
+from embzoo.conversion.config_values import choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("nomic_bert",)
@@ -150,11 +150,7 @@ def _native(hf: dict[str, Any]) -> ArchConfig:
         scaling = dict(rope_scaling="ntk_dynamic", rope_factor=factor, rope_original_max=trained)
         longest = int(trained * max(factor, 1.0))
     return ArchConfig(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes(hf),
         head_dim=hf.get("head_dim") or 0,
         type_vocab_size=hf.get("type_vocab_size", 2),
         positions="rope",
