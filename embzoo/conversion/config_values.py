@@ -8,6 +8,15 @@ from typing import Any, TypeVar
 from embzoo.config import UnsupportedConfig
 
 T = TypeVar("T")
+# transformers' activation names (ACT2FN keys) that embzoo runs → ArchConfig.activation
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "none", "null", "")
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 from embzoo import kernels
+from embzoo.modeling.layers import ACTIVATIONS
 
 # sentence-transformers Dense "activation_function" class name → module
 DENSE_ACTIVATIONS = {
@@ -42,14 +41,6 @@ class Dense(nn.Module):
         return self.act(self.linear(x.to(self.linear.weight.dtype)))
 
 
-# sequence-classification head activation name → module (families translate their config's names)
-HEAD_ACTIVATIONS = {
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"),
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-}
 # how a head's input is pooled from token states → embzoo.kernels.segment_pool mode
 HEAD_POOLING = {"cls": "first", "mean": "mean"}
 
@@ -75,13 +66,13 @@ class ClassificationHead(nn.Module):
         pooling: str = "cls",
     ):
         super().__init__()
-        if activation not in HEAD_ACTIVATIONS:
-            raise ValueError(f"head activation {activation!r}; supported: {sorted(HEAD_ACTIVATIONS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"head activation {activation!r}; supported: {sorted(ACTIVATIONS)}")
         if pooling not in HEAD_POOLING:
             raise ValueError(f"head pooling {pooling!r}; supported: {sorted(HEAD_POOLING)}")
         self.pooling = pooling
         self.dense = nn.Linear(hidden_size, hidden_size, bias=dense_bias)
-        self.act = HEAD_ACTIVATIONS[activation]()
+        self.act = ACTIVATIONS[activation]()
         self.norm = nn.LayerNorm(hidden_size, eps=norm_eps, bias=norm_bias) if norm else nn.Identity()
         self.out = nn.Linear(hidden_size, num_labels)
 

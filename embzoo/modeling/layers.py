@@ -6,7 +6,8 @@ from torch import nn
 
 from embzoo.config import ArchConfig
 
-ACTIVATIONS = {
+ACTIVATIONS = {  # ArchConfig.activation names (and "tanh", for classification heads) → module
+    "tanh": lambda: nn.Tanh(),
     "gelu": lambda: nn.GELU(),
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "relu": lambda: nn.ReLU(),

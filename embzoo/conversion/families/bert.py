@@ -12,13 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, sizes
+from embzoo.conversion.config_values import HF_ACTIVATIONS, choice, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
-
-HIDDEN_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-HIDDEN_ACTS |= {"silu": "silu", "swish": "silu"}
 
 
 def to_arch(hf: dict[str, Any]) -> ArchConfig:
@@ -28,7 +25,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
             f"{hf['model_type']}: position_embedding_type {hf['position_embedding_type']!r}; "
             "only 'absolute' is supported"
         )
-    activation = choice(hf, "hidden_act", "gelu", HIDDEN_ACTS, hf["model_type"])
+    activation = choice(hf, "hidden_act", "gelu", HF_ACTIVATIONS, hf["model_type"])
     roberta = hf["model_type"] != "bert"
     if roberta and hf.get("pad_token_id", 1) is None:
         raise UnsupportedConfig(

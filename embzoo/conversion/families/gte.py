@@ -43,13 +43,11 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, flag, sizes
+from embzoo.conversion.config_values import HF_ACTIVATIONS, choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("new", "gte")
 
-HIDDEN_ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-HIDDEN_ACTS |= {"silu": "silu", "swish": "silu"}
 NORMS = {"layer_norm": "layer", "rms_norm": "rms"}  # layer_norm_type → ArchConfig.norm (attn_ln / mlp_ln)
 
 # defaults of the config classes for keys a config.json may leave out: the authors' NewConfig (and
@@ -90,7 +88,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     if flag(hf, "logn_attention_scale", False):
         raise UnsupportedConfig("gte: logn_attention_scale (queries scaled by log(len)/log(max_pos)) is not supported")
     norm = choice(hf, "layer_norm_type", "layer_norm", NORMS, "gte")
-    activation = choice(hf, "hidden_act", "gelu", HIDDEN_ACTS, "gte")
+    activation = choice(hf, "hidden_act", "gelu", HF_ACTIVATIONS, "gte")
     positions = hf.get("position_embedding_type", "rope")
     if positions not in ("rope", "absolute"):
         raise UnsupportedConfig(f"gte: position_embedding_type {positions!r}; supported: 'rope', 'absolute'")

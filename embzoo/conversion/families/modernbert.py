@@ -26,15 +26,13 @@ from __future__ import annotations
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, flag, sizes
+from embzoo.conversion.config_values import HF_ACTIVATIONS, choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("modernbert",)
 
 # transformers ACT2FN names → ArchConfig.activation (MLP) / ClassificationHead activation
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-ACTIVATIONS |= {"silu": "silu", "swish": "silu"}
-HEAD_ACTIVATIONS = ACTIVATIONS | {"tanh": "tanh"}
+HEAD_ACTIVATIONS = HF_ACTIVATIONS | {"tanh": "tanh"}
 LAYER_TYPES = {"full_attention": "full", "sliding_attention": "local"}
 DEFAULT_THETA = {"full_attention": 160_000.0, "sliding_attention": 10_000.0}
 LEGACY_THETA = {"full_attention": "global_rope_theta", "sliding_attention": "local_rope_theta"}
@@ -42,7 +40,7 @@ LEGACY_THETA = {"full_attention": "global_rope_theta", "sliding_attention": "loc
 
 def to_arch(hf: dict[str, Any]) -> ArchConfig:
     """config.json of a ModernBERT checkpoint → ArchConfig."""
-    activation = choice(hf, "hidden_activation", "gelu", ACTIVATIONS, "modernbert")
+    activation = choice(hf, "hidden_activation", "gelu", HF_ACTIVATIONS, "modernbert")
     n = hf["num_hidden_layers"]
     types = _layer_types(hf, n)
     thetas = _rope_thetas(hf)

@@ -45,7 +45,7 @@ import math
 from typing import Any
 
 from embzoo.config import ArchConfig, UnsupportedConfig
-from embzoo.conversion.config_values import choice, flag, sizes
+from embzoo.conversion.config_values import HF_ACTIVATIONS, choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("nomic_bert",)
@@ -54,8 +54,6 @@ MODEL_TYPES = ("nomic_bert",)
 ORIGINAL_ACTS = {"swiglu": (True, "silu"), "geglu": (True, "gelu")}
 ORIGINAL_ACTS |= {name: (False, "gelu") for name in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")}
 # native hidden_act (transformers ACT2FN, applied to gate_proj) → embzoo activation
-NATIVE_ACTS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh"}
-NATIVE_ACTS |= {"gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 GATED_MULTIPLE = 256  # the remote code's NomciBertGatedMLP(multiple_of=256)
 NATIVE_THETA = 1000.0  # transformers' NomicBertConfig.default_theta
 
@@ -142,7 +140,7 @@ def _native(hf: dict[str, Any]) -> ArchConfig:
             f"nomic_bert: partial_rotary_factor {partial} in a transformers-layout config (transformers' "
             "NomicBert rotates the whole head); use the original rotary_emb_fraction layout"
         )
-    activation = choice(hf, "hidden_act", "silu", NATIVE_ACTS, "nomic_bert")
+    activation = choice(hf, "hidden_act", "silu", HF_ACTIVATIONS, "nomic_bert")
     trained = hf.get("max_position_embeddings", 2048)
     scaling, longest = {}, trained
     if kind == "dynamic":
