@@ -21,7 +21,8 @@ _CHOICES = {
     "positions": ("absolute", "rope", "alibi"),
     "rope_scaling": ("none", "ntk_static", "ntk_dynamic"),
     "norm": ("layer", "rms"),
-    "norm_placement": ("post", "pre"),
+    "norm_placement": ("post", "pre", "sandwich"),
+    "qk_norm": ("none", "vector", "head"),
 }
 LAYER_TYPES = ("full", "local")
 
@@ -41,6 +42,7 @@ class ArchConfig:
     num_heads: int
     intermediate_size: int
     head_dim: int = 0  # 0 = hidden_size // num_heads
+    num_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = num_heads
     # embeddings and positions
     type_vocab_size: int = 0  # 0 = no token-type table
     positions: Positions = "absolute"  # learned table | rotary on q/k | ALiBi bias
@@ -48,6 +50,7 @@ class ArchConfig:
     position_offset: int = 0  # first position id (RoBERTa/XLM-R: padding_idx + 1)
     embed_norm: bool = True  # norm right after the embedding sum
     embed_norm_layer: bool = False  # that norm is a LayerNorm even when `norm` is rms (GTE rms_norm)
+    embed_scale: float = 1.0  # token embeddings × this, cast to the weight dtype first (Gemma: sqrt(hidden))
     # rotary (positions == "rope"): NeoX rotate-half on the first rotary_fraction of each head
     rope_theta: float = 10000.0
     rope_theta_local: float = 0.0  # theta on "local" layers; 0 = rope_theta
@@ -59,7 +62,9 @@ class ArchConfig:
     norm: Literal["layer", "rms"] = "layer"
     norm_eps: float = 1e-12
     norm_bias: bool = True
-    norm_placement: Literal["post", "pre"] = "post"
+    norm_weight_offset: float = 0.0  # rms: x / rms(x) · (offset + w) in float32 (Gemma: 1)
+    # post: h = norm(h + f(h)); pre: h = h + f(norm(h)); sandwich: h = h + norm_out(f(norm(h))) (Gemma2/3)
+    norm_placement: Literal["post", "pre", "sandwich"] = "post"
     first_attn_norm: bool = True  # pre-norm: False = layer 0 has no attention norm (ModernBERT)
     final_norm: bool = False  # a norm after the last block
     attn_second_norm: bool = False  # post-norm: h = norm_attn2(h + norm_attn(h + attn(h))) (jina-v2-code)
@@ -67,7 +72,11 @@ class ArchConfig:
     causal: bool = False
     qkv_bias: bool = True
     out_bias: bool = True
-    qk_norm: bool = False  # a norm over all heads of q and of k after the projection (jina-v2-code)
+    # norm on q and k after the projection: "vector" over all heads together (jina-v2-code), "head" over
+    # each head's d dims (Qwen3, Gemma3); before rotary
+    qk_norm: Literal["none", "vector", "head"] = "none"
+    attn_scale: float = 0.0  # softmax scale; 0 = head_dim ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5)
+    attn_softcap: float = 0.0  # scores → c · tanh(scores / c) before the mask (Gemma2); 0 = off
     layer_types: tuple[str, ...] = ()  # "full" | "local" per layer; () = all full
     local_window: int = 0  # "local" layers: query i sees keys j with |i - j| <= local_window
     # mlp
@@ -87,6 +96,12 @@ class ArchConfig:
             )
         if "local" in self.layer_types and self.local_window < 1:
             raise UnsupportedConfig("local layers need local_window >= 1 (the radius |i - j| they attend over)")
+        if self.num_kv_heads == 0:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise UnsupportedConfig(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.norm_weight_offset and self.norm != "rms":
+            raise UnsupportedConfig("norm_weight_offset applies to RMSNorm only (norm='rms')")
         if self.head_dim == 0:
             if self.hidden_size % self.num_heads:
                 raise UnsupportedConfig(

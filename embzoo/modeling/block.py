@@ -1,7 +1,8 @@
 """One transformer block on packed [T, D] tensors: fused-QKV self-attention and an MLP.
 
 post-norm (BERT, NomicBert, GTE, jina-v2):  h = norm_attn(h + attn(h));  h = norm_mlp(h + mlp(h))
-pre-norm (ModernBERT):                      h = h + attn(norm_attn(h));  h = h + mlp(norm_mlp(h))
+pre-norm (ModernBERT, Llama, Qwen):         h = h + attn(norm_attn(h));  h = h + mlp(norm_mlp(h))
+sandwich (Gemma2/3):  h = h + norm_attn_out(attn(norm_attn(h)));  h = h + norm_mlp_out(mlp(norm_mlp(h)))
 """
 
 from __future__ import annotations
@@ -30,25 +31,31 @@ class LayerContext:
 
 
 class SelfAttention(nn.Module):
-    """qkv weight rows are [all Q heads; all K heads; all V heads]; rotary is applied in place to q, k."""
+    """qkv weight rows are [H query heads; Hkv key heads; Hkv value heads] (GQA when Hkv < H), each
+    head_dim wide; q/k norms (qk_norm) come before rotary, which is applied in place."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         self.cfg = cfg
-        inner = cfg.num_heads * cfg.head_dim
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * inner, bias=cfg.qkv_bias)
-        self.out = nn.Linear(inner, cfg.hidden_size, bias=cfg.out_bias)
-        if cfg.qk_norm:
-            self.q_norm = make_norm(cfg, inner)
-            self.k_norm = make_norm(cfg, inner)
+        self.sizes = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim)
+        self.qkv = nn.Linear(cfg.hidden_size, sum(self.sizes), bias=cfg.qkv_bias)
+        self.out = nn.Linear(self.sizes[0], cfg.hidden_size, bias=cfg.out_bias)
+        if cfg.qk_norm != "none":
+            per_head = cfg.qk_norm == "head"
+            self.q_norm = make_norm(cfg, cfg.head_dim if per_head else self.sizes[0])
+            self.k_norm = make_norm(cfg, cfg.head_dim if per_head else self.sizes[1])
 
     def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        qkv = self.qkv(h)
-        if self.cfg.qk_norm:  # over the whole q (and k) vector, all heads together, before the head split
-            q, k, v = qkv.chunk(3, dim=-1)
-            qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)
-        qkv = qkv.view(h.shape[0], 3, self.cfg.num_heads, self.cfg.head_dim)
-        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        cfg, tokens = self.cfg, h.shape[0]
+        qkv, (nq, nk, _) = self.qkv(h), self.sizes
+        q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]  # slices, not split(): rotary is in place
+        if cfg.qk_norm == "vector":  # over the whole q (and k) vector, all heads together
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(tokens, cfg.num_heads, cfg.head_dim)
+        k = k.view(tokens, cfg.num_kv_heads, cfg.head_dim)
+        v = v.view(tokens, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
         if ctx.rotary is not None:
             kernels.rotary(q, *ctx.rotary)
             kernels.rotary(k, *ctx.rotary)
@@ -58,12 +65,14 @@ class SelfAttention(nn.Module):
             v,
             ctx.cu_seqlens,
             ctx.max_seqlen,
-            causal=self.cfg.causal,
+            causal=cfg.causal,
             window=ctx.window,
             alibi_slopes=ctx.alibi_slopes,
+            scale=cfg.attn_scale or None,
+            softcap=cfg.attn_softcap or None,
             backend=ctx.backend,
         )
-        return self.out(a.reshape(h.shape[0], -1))
+        return self.out(a.reshape(tokens, -1))
 
 
 class MLP(nn.Module):
@@ -87,18 +96,21 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ArchConfig, index: int):
         super().__init__()
-        self.pre_norm = cfg.norm_placement == "pre"
+        self.pre_norm = cfg.norm_placement != "post"
         self.attn = SelfAttention(cfg)
         first_without_norm = self.pre_norm and index == 0 and not cfg.first_attn_norm
         self.norm_attn = nn.Identity() if first_without_norm else make_norm(cfg)
         self.mlp = MLP(cfg)
         self.norm_mlp = make_norm(cfg)
         self.norm_attn2 = make_norm(cfg) if cfg.attn_second_norm else None
+        sandwich = cfg.norm_placement == "sandwich"
+        self.norm_attn_out = make_norm(cfg) if sandwich else nn.Identity()
+        self.norm_mlp_out = make_norm(cfg) if sandwich else nn.Identity()
 
     def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         if self.pre_norm:
-            h = h + self.attn(self.norm_attn(h), ctx)
-            return h + self.mlp(self.norm_mlp(h))
+            h = h + self.norm_attn_out(self.attn(self.norm_attn(h), ctx))
+            return h + self.norm_mlp_out(self.mlp(self.norm_mlp(h)))
         a = self.norm_attn(h + self.attn(h, ctx))
         h = a if self.norm_attn2 is None else self.norm_attn2(h + a)
         return self.norm_mlp(h + self.mlp(h))

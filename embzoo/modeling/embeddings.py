@@ -1,4 +1,4 @@
-"""Token (+ learned absolute position) (+ token-type) embeddings on a packed stream, then a norm."""
+"""Token (× scale) (+ learned absolute position) (+ token-type) embeddings on a packed stream, then a norm."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class Embeddings(nn.Module):
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         h = self.tok(batch.input_ids)
+        if self.cfg.embed_scale != 1.0:  # Gemma: the scale is rounded to the weight dtype first
+            h = h * torch.tensor(self.cfg.embed_scale, dtype=h.dtype)
         if self.pos is not None:
             h = h + self.pos(batch.positions + self.cfg.position_offset)
         if self.token_type is not None:

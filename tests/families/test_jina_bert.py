@@ -273,16 +273,16 @@ def code_config(**changes):
 
 def test_to_arch_code_variant():
     arch = jina_bert.to_arch(code_config())
-    assert (arch.qk_norm, arch.attn_second_norm, arch.mlp_gated, arch.mlp_up_bias) == (True, True, True, False)
+    assert (arch.qk_norm, arch.attn_second_norm, arch.mlp_gated, arch.mlp_up_bias) == ("vector", True, True, False)
     tokenizer_list = {"AutoTokenizer": ["jinaai/jina-bert-v2-qk-post-norm--tok.Slow", None]}
-    assert jina_bert.to_arch(hf_config(auto_map=tokenizer_list)).qk_norm
+    assert jina_bert.to_arch(hf_config(auto_map=tokenizer_list)).qk_norm == "vector"
     other = {"AutoModel": "jinaai/jina-bert-implementation--modeling_bert.JinaBertModel"}
     for plain in (
         hf_config(),
         hf_config(auto_map=other),
         hf_config(_name_or_path="jinaai/jina-bert-v2-qk-post-norm"),  # a load path, not the implementation
     ):
-        assert (jina_bert.to_arch(plain).qk_norm, jina_bert.to_arch(plain).attn_second_norm) == (False, False)
+        assert (jina_bert.to_arch(plain).qk_norm, jina_bert.to_arch(plain).attn_second_norm) == ("none", False)
 
 
 CODE_CASES = [

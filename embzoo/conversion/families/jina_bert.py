@@ -77,7 +77,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         activation=activation,
         mlp_gated=True,
         mlp_up_bias=False,  # gated_layers / up_gated_layer have no bias; wo / down_layer have one
-        qk_norm=post_norm,
+        qk_norm="vector" if post_norm else "none",
         attn_second_norm=post_norm,
     )
 
