@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from embzoo.catalog import INSTRUCTION_MASKS
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.packing import token_budget_batches
@@ -44,6 +45,8 @@ class Embedder:
         default_prompt_name: str | None = None,
         int8_ranges: np.ndarray | None = None,
         matryoshka_layer_norm: bool = False,
+        instruction_template: str = "",
+        instruction_mask: str = "prompt",
         name: str = "",
     ):
         self.model = model.eval()
@@ -55,6 +58,12 @@ class Embedder:
         self.default_prompt_name = default_prompt_name
         self.int8_ranges = int8_ranges
         self.matryoshka_layer_norm = matryoshka_layer_norm
+        if instruction_template and "{instruction}" not in instruction_template:
+            raise ValueError(f"instruction_template {instruction_template!r} lacks the {{instruction}} placeholder")
+        self.instruction_template = instruction_template
+        if instruction_mask not in INSTRUCTION_MASKS:
+            raise ValueError(f"instruction_mask {instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
+        self.instruction_mask = instruction_mask
         self.name = name
 
     @property
@@ -77,10 +86,17 @@ class Embedder:
             f"pooling={list(self.model.pooler.modes)}, normalize={self.normalize}, device={self.device})"
         )
 
-    def _prompt(self, prompt_name: str | None, prompt: str | None) -> str:
+    def _prompt(self, prompt_name: str | None, prompt: str | None, instruction: str | None) -> str:
+        if sum(x is not None for x in (prompt_name, prompt, instruction)) > 1:
+            raise ValueError("pass at most one of prompt, prompt_name and instruction")
+        if instruction is not None:
+            if not self.instruction_template:
+                raise ValueError(
+                    f"{self.name or 'this model'} takes no instruction (it has no instruction template); "
+                    "pass prompt=... or prompt_name=... instead"
+                )
+            return self.instruction_template.format(instruction=instruction)
         if prompt is not None:
-            if prompt_name is not None:
-                raise ValueError("pass either prompt or prompt_name, not both")
             return prompt
         name = prompt_name if prompt_name is not None else self.default_prompt_name
         if name is None:
@@ -98,6 +114,7 @@ class Embedder:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        instruction: str | None = None,
         normalize: bool | None = None,
         dimensions: int | None = None,
         precision: str = "float32",
@@ -111,27 +128,26 @@ class Embedder:
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
         output="tokens" gives per-text [len_i, hidden] token states instead (a list; one for one str).
 
+        The text is prefixed by `prompt`, the model's prompt `prompt_name`, or `instruction` (a task
+        description put into the model's instruction template, e.g. Qwen3-Embedding's
+        "Instruct: {instruction}\nQuery:"); with none of them, the default prompt if the model has one.
+
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
         Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
         batch_tokens: tokens per packed batch (None: 16384 on CUDA, 4096 elsewhere).
         """
         texts, single = _as_texts(sentences)
-        prefix = self._prompt(prompt_name, prompt)
+        prefix = self._prompt(prompt_name, prompt, instruction)
         self._check_output_args(output, dimensions, precision)
         normalize = self.normalize if normalize is None else normalize
         if batch_tokens is None:
             batch_tokens = 16384 if self.device.type == "cuda" else 4096
-        if prefix:
-            texts = [prefix + t for t in texts]
-        skip = 0
-        if prefix and not self.model.pooler.include_prompt:
-            skip = self.tokenizer.prompt_length(prefix)
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
         if output == "tokens":
-            states = self._run(texts, batch_tokens, show, tokens=True, skip=skip)
+            states = self._run(texts, prefix, batch_tokens, show, tokens=True)
             states = states if convert_to_tensor else [s.cpu().numpy() for s in states]
             return states[0] if single else states
-        vectors = self._run(texts, batch_tokens, show, tokens=False, skip=skip)
+        vectors = self._run(texts, prefix, batch_tokens, show, tokens=False)
         if dimensions is not None:
             if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
                 vectors = F.layer_norm(vectors, (vectors.shape[-1],))
@@ -156,11 +172,28 @@ class Embedder:
         if dimensions is not None and not 1 <= dimensions <= self.dimension:
             raise ValueError(f"dimensions must be in 1..{self.dimension}, got {dimensions}")
 
+    def _pool_skips(self, texts: list[str], prefix: str, ids: list[list[int]]) -> np.ndarray | None:
+        """Leading tokens of each sequence kept out of the pool (see catalog.CatalogEntry.instruction_mask),
+        or None when every token is pooled. "text_tokens" applies with or without a prompt (a leading BOS
+        is not a text token)."""
+        if self.model.pooler.include_prompt:
+            return None
+        if self.instruction_mask == "text_tokens":
+            counts = np.asarray(self.tokenizer.token_counts(texts))
+            return np.maximum(np.asarray([len(s) for s in ids]) - counts, 0)
+        if not prefix:
+            return None
+        if self.instruction_mask == "prompt_tokens":
+            skip = self.tokenizer.token_counts([prefix])[0]
+        else:
+            skip = self.tokenizer.prompt_length(prefix)
+        return np.full(len(ids), skip)
+
     @torch.inference_mode()
     def _run(
-        self, texts: list[str], batch_tokens: int, show: bool, tokens: bool, skip: int
+        self, texts: list[str], prefix: str, batch_tokens: int, show: bool, tokens: bool
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Tokenize chunk by chunk and forward each chunk in length-sorted token-budget batches.
+        """Tokenize prefix + text chunk by chunk and forward each chunk in length-sorted token-budget batches.
 
         GPU work is queued asynchronously, so the next chunk is tokenized while the device computes;
         the only host sync is the final reorder into the caller's order.
@@ -171,10 +204,13 @@ class Embedder:
         truncated = 0
         with tqdm(total=len(texts), disable=not show, desc="embzoo encode", unit="text") as bar:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
-                ids, cut = self.tokenizer.encode(texts[start : start + TOKENIZE_CHUNK])
+                chunk = texts[start : start + TOKENIZE_CHUNK]
+                ids, cut = self.tokenizer.encode([prefix + t for t in chunk] if prefix else chunk)
+                skips = self._pool_skips(chunk, prefix, ids)
                 truncated += cut
                 for idx in token_budget_batches([len(s) for s in ids], batch_tokens):
-                    outputs.extend(self._forward([ids[i] for i in idx], tokens, skip))
+                    batch_skips = None if skips is None else skips[idx]
+                    outputs.extend(self._forward([ids[i] for i in idx], tokens, batch_skips))
                     order.append(idx + start)
                     bar.update(len(idx))
         self.tokenizer.warn_truncated(truncated, len(texts))
@@ -191,14 +227,15 @@ class Embedder:
         result[positions.to(device)] = stacked
         return result
 
-    def _forward(self, ids: list[list[int]], tokens: bool, skip: int) -> list[torch.Tensor]:
-        """One packed batch → per-text token states [len_i, hidden], or one [B, D] block of vectors."""
+    def _forward(self, ids: list[list[int]], tokens: bool, skips: np.ndarray | None) -> list[torch.Tensor]:
+        """One packed batch → per-text token states [len_i, hidden], or one [B, D] block of vectors;
+        skips [B]: leading tokens per sequence kept out of the pool."""
         batch = PackedBatch.from_sequences(ids).to(self.device)
         if tokens:
             return list(self.model.backbone(batch).float().split([len(s) for s in ids]))
         prompt_lengths = None
-        if skip:
-            prompt_lengths = torch.full((len(ids),), skip, dtype=torch.int32, device=self.device)
+        if skips is not None:
+            prompt_lengths = torch.from_numpy(skips.astype(np.int32)).to(self.device)
         return [self.model(batch, prompt_lengths)]
 
     def calibrate(
@@ -207,6 +244,7 @@ class Embedder:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        instruction: str | None = None,
         normalize: bool | None = None,
         dimensions: int | None = None,
         batch_tokens: int | None = None,
@@ -217,6 +255,7 @@ class Embedder:
             list(texts),
             prompt_name=prompt_name,
             prompt=prompt,
+            instruction=instruction,
             normalize=normalize,
             dimensions=dimensions,
             batch_tokens=batch_tokens,

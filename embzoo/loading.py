@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,13 +53,24 @@ def load(
     revision: str | None = None,
     attn_backend: str | None = None,
     max_seq_length: int | None = None,
+    recipe: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Embedder:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
+
+    recipe: the catalog id whose recipe (prompts, instruction template, EOS, pooling, attention
+    overrides) applies, for a local copy of a catalogued model (default: name_or_path's own entry).
+    config_overrides: config.json values to replace before conversion (e.g. {"is_causal": False}).
     """
-    entry = catalog.lookup(None if name_or_path is None else str(name_or_path))
+    entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
+    if recipe is not None and entry is None:
+        raise ValueError(f"recipe {recipe!r} is not in the catalog; `embzoo list` shows the catalogued ids")
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
     snap = read_snapshot(root)
+    overrides = {**(entry.config_overrides if entry else {}), **(config_overrides or {})}
+    if overrides:
+        snap = dataclasses.replace(snap, config={**snap.config, **overrides})
     if is_classifier(snap.config):
         raise UnsupportedConfig(
             f"{root} is a sequence-classification checkpoint ({snap.config.get('architectures')}), "
@@ -73,12 +86,15 @@ def load(
     normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
+    # a recipe that masks instructions its own way keeps them out of the pool
+    include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
     model = EmbeddingModel(
         backbone.to(device, _dtype(dtype, device)),
-        Pooler(pooling, pipe.include_prompt),
+        Pooler(pooling, include_prompt),
         [load_dense(d).to(device) for d in pipe.dense],
     )
-    tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case)
+    append_eos = bool(entry and entry.append_eos)
+    tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, append_eos=append_eos)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     return Embedder(
         model,
@@ -87,5 +103,7 @@ def load(
         prompts=prompts,
         default_prompt_name=pipe.default_prompt_name,
         matryoshka_layer_norm=bool(entry and entry.matryoshka_layer_norm),
+        instruction_template=entry.instruction_template if entry else "",
+        instruction_mask=entry.instruction_mask if entry else "prompt",
         name=name,
     )

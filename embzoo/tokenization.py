@@ -13,33 +13,59 @@ log = logging.getLogger(__name__)
 
 class TextTokenizer:
     """Batched tokenization (the Rust tokenizer's thread pool), special tokens added, truncation to
-    max_length tokens; callers report truncation once per call with warn_truncated."""
+    max_length tokens; callers report truncation once per call with warn_truncated.
 
-    def __init__(self, backend: Tokenizer, max_length: int, special_ids: set[int], lowercase: bool = False):
+    append_eos_id: every sequence ends with this id (e5-mistral, NV-Embed): appended after truncating to
+    max_length - 1, unless the tokenizer's own template already ends sequences with it (Qwen3-Embedding).
+    """
+
+    def __init__(
+        self,
+        backend: Tokenizer,
+        max_length: int,
+        special_ids: set[int],
+        lowercase: bool = False,
+        append_eos_id: int | None = None,
+    ):
         self.backend = backend
         self.backend.no_padding()
-        self.backend.enable_truncation(max_length=max_length)
         self.max_length = max_length
         self.special_ids = special_ids
         self.lowercase = lowercase
+        if append_eos_id is not None and backend.encode("a", add_special_tokens=True).ids[-1:] == [append_eos_id]:
+            append_eos_id = None  # the template appends it already
+        self.append_eos_id = append_eos_id
+        self.backend.enable_truncation(max_length=max_length - (append_eos_id is not None))
 
     @classmethod
-    def from_folder(cls, folder: Path, max_length: int, lowercase: bool = False) -> TextTokenizer:
+    def from_folder(
+        cls, folder: Path, max_length: int, lowercase: bool = False, append_eos: bool = False
+    ) -> TextTokenizer:
         """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files)."""
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(str(folder))
         if not getattr(hf, "is_fast", False):
             raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
+        if append_eos and hf.eos_token_id is None:
+            raise ValueError(f"{folder}: the model appends EOS to every input, but its tokenizer defines no eos_token")
         backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-        return cls(backend, max_length, set(hf.all_special_ids), lowercase)
+        return cls(backend, max_length, set(hf.all_special_ids), lowercase, hf.eos_token_id if append_eos else None)
+
+    def _texts(self, texts: Sequence[str]) -> list[str]:
+        return [t.lower() for t in texts] if self.lowercase else list(texts)
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """Token ids per text, and how many texts were truncated."""
-        if self.lowercase:
-            texts = [t.lower() for t in texts]
-        encodings = self.backend.encode_batch(list(texts), add_special_tokens=True)
-        return [e.ids for e in encodings], sum(1 for e in encodings if e.overflowing)
+        encodings = self.backend.encode_batch(self._texts(texts), add_special_tokens=True)
+        ids = [e.ids for e in encodings]
+        if self.append_eos_id is not None:
+            ids = [s + [self.append_eos_id] for s in ids]
+        return ids, sum(1 for e in encodings if e.overflowing)
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text on its own, without special tokens (truncated like encode)."""
+        return [len(e.ids) for e in self.backend.encode_batch(self._texts(texts), add_special_tokens=False)]
 
     def warn_truncated(self, truncated: int, total: int) -> None:
         """The one warning per call that names how many inputs were cut (logged, so never deduplicated)."""

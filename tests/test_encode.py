@@ -133,7 +133,7 @@ def test_int8_never_derives_ranges_from_the_batch(mean_model):
     "kwargs, error, message",
     [
         ({"prompt_name": "query"}, ValueError, r"unknown prompt_name 'query'; this model's prompts are \[\]"),
-        ({"prompt": "x", "prompt_name": "y"}, ValueError, "either prompt or prompt_name"),
+        ({"prompt": "x", "prompt_name": "y"}, ValueError, "at most one of prompt, prompt_name and instruction"),
         ({"dimensions": 33}, ValueError, r"dimensions must be in 1\.\.32"),
         ({"precision": "int4"}, ValueError, "allowed"),
         ({"output": "sparse"}, ValueError, "allowed"),

@@ -1,0 +1,167 @@
+"""Instruction-tuned embedders: byte-exact templates, encode(instruction=...), EOS appending, the three
+ways an instruction is kept out of the pool, and catalog recipes applied to a local folder."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import Qwen3Config, Qwen3Model
+
+import embzoo
+from embzoo.catalog import lookup
+from embzoo.tokenization import TextTokenizer
+
+# the strings of FAMILIES.md §7 and §8, written out here (an independent copy, not the catalog's)
+SPEC_PROMPTS = [
+    (
+        "Qwen/Qwen3-Embedding-0.6B",
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    ),
+    (
+        "Alibaba-NLP/gte-Qwen2-7B-instruct",
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ",
+    ),
+    (
+        "intfloat/e5-mistral-7b-instruct",
+        "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ",
+    ),
+    ("nvidia/NV-Embed-v2", "Instruct: Given a question, retrieve passages that answer the question\nQuery: "),
+    ("google/embeddinggemma-300m", "task: search result | query: "),
+    (
+        "BAAI/bge-multilingual-gemma2",
+        "<instruct>Given a web search query, retrieve relevant passages that answer the query\n<query>",
+    ),
+]
+
+
+@pytest.mark.parametrize("hub_id, query_prompt", SPEC_PROMPTS)
+def test_query_prompts_are_byte_exact(hub_id, query_prompt):
+    assert lookup(hub_id).prompts["query"] == query_prompt
+
+
+def test_templates_and_document_prompts():
+    assert lookup("Qwen/Qwen3-Embedding-8B").instruction_template == "Instruct: {instruction}\nQuery:"
+    assert lookup("Salesforce/SFR-Embedding-Mistral").instruction_template == "Instruct: {instruction}\nQuery: "
+    assert lookup("google/embeddinggemma-300m").prompts["document"] == "title: none | text: "
+    assert lookup("BAAI/bge-multilingual-gemma2").instruction_template == "<instruct>{instruction}\n<query>"
+    llm2vec = lookup("McGill-NLP/LLM2Vec-Mistral-7B-Instruct-v2-mntp-supervised")
+    assert (llm2vec.instruction_mask, llm2vec.config_overrides, llm2vec.normalize) == (
+        "text_tokens",
+        {"is_causal": False},
+        False,
+    )
+    assert lookup("nvidia/NV-Embed-v2").instruction_mask == "prompt_tokens"
+    assert lookup("Alibaba-NLP/gte-Qwen2-1.5B-instruct").config_overrides == {"is_causal": False}
+    for hub_id in ("Qwen/Qwen3-Embedding-0.6B", "intfloat/e5-mistral-7b-instruct", "nvidia/NV-Embed-v2"):
+        assert lookup(hub_id).append_eos
+
+
+def word_tokenizer(template_eos: bool) -> Tokenizer:
+    """A whitespace word-level tokenizer: <s> text [</s> when template_eos]."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {w: i + 3 for i, w in enumerate("abcdefg")}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    single = "<s> $A </s>" if template_eos else "<s> $A"
+    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=[("<s>", 1), ("</s>", 2)])
+    return tok
+
+
+def test_eos_is_appended_after_truncating_to_make_room():
+    tok = TextTokenizer(word_tokenizer(False), max_length=4, special_ids={1, 2}, append_eos_id=2)
+    ids, cut = tok.encode(["a b", "a b c d e"])
+    assert ids == [[1, 3, 4, 2], [1, 3, 4, 2]] and cut == 1
+
+
+def test_eos_is_not_doubled_when_the_template_appends_it():
+    tok = TextTokenizer(word_tokenizer(True), max_length=4, special_ids={1, 2}, append_eos_id=2)
+    assert tok.append_eos_id is None
+    assert tok.encode(["a", "a b c d"]) == ([[1, 3, 2], [1, 3, 4, 2]], 1)
+
+
+def test_token_counts_exclude_special_tokens():
+    tok = TextTokenizer(word_tokenizer(True), max_length=8, special_ids={1, 2})
+    assert tok.token_counts(["a b c", "", "d"]) == [3, 0, 1]
+
+
+TINY_QWEN3 = Qwen3Config(
+    vocab_size=30522,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+
+
+@pytest.fixture
+def qwen3_folder(make_checkpoint):
+    """A tiny Qwen3 checkpoint with MiniLM's tokenizer; [MASK] (103) plays EOS, so it gets appended."""
+    folder, _ = make_checkpoint(Qwen3Model, TINY_QWEN3)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg | {"eos_token": "[MASK]"}))
+    return folder
+
+
+def test_recipe_applies_a_catalog_entry_to_a_local_folder(qwen3_folder):
+    m = embzoo.load(qwen3_folder, recipe="Alibaba-NLP/gte-Qwen2-1.5B-instruct")
+    assert m.model.backbone.cfg.causal is False  # the recipe's config override
+    assert m.model.pooler.modes == ("lasttoken",) and m.normalize
+    assert m.tokenizer.append_eos_id == 103
+    assert m.tokenizer.encode(["hello"])[0][0][-2:] == [102, 103]
+    plain = embzoo.load(qwen3_folder)
+    assert plain.model.backbone.cfg.causal is True and plain.tokenizer.append_eos_id is None
+    forced = embzoo.load(qwen3_folder, config_overrides={"is_causal": False})
+    assert forced.model.backbone.cfg.causal is False
+    with pytest.raises(ValueError, match="not in the catalog"):
+        embzoo.load(qwen3_folder, recipe="nobody/nothing")
+
+
+def test_instruction_fills_the_template(qwen3_folder):
+    m = embzoo.load(qwen3_folder, recipe="Qwen/Qwen3-Embedding-0.6B")
+    texts = ["what is rope?", "b"]
+    by_instruction = m.encode(texts, instruction="Find code")
+    by_prompt = m.encode(texts, prompt="Instruct: Find code\nQuery:")
+    np.testing.assert_array_equal(by_instruction, by_prompt)
+    assert not np.allclose(by_instruction, m.encode(texts, prompt_name="query"))
+    with pytest.raises(ValueError, match="at most one"):
+        m.encode(texts, instruction="x", prompt_name="query")
+    with pytest.raises(ValueError, match="takes no instruction"):
+        embzoo.load(qwen3_folder).encode(texts, instruction="x")
+
+
+def masked_mean(states: np.ndarray, skip: int) -> np.ndarray:
+    return states[skip:].mean(axis=0)
+
+
+@pytest.mark.parametrize("mask", ["prompt", "prompt_tokens", "text_tokens"])
+def test_instruction_tokens_kept_out_of_the_mean(qwen3_folder, mask):
+    m = embzoo.load(qwen3_folder, config_overrides={"is_causal": False})
+    m.model.pooler.include_prompt = False
+    m.model.pooler.modes = ("mean",)
+    m.instruction_mask = mask
+    prompt, texts = "represent this: ", ["a short text", "another, longer text with words", "x"]
+    vectors = m.encode(texts, prompt=prompt, normalize=False)
+    states = m.encode(texts, prompt=prompt, output="tokens")
+    hf = m.tokenizer.backend
+    for text, vector, state in zip(texts, vectors, states, strict=True):
+        if mask == "prompt":  # sentence-transformers: the prompt's tokens with [CLS], not its [SEP]
+            skip = len(hf.encode(prompt).ids) - 1
+        elif mask == "prompt_tokens":  # NV-Embed: pool_mask[:len(tokenize(instruction))] = 0
+            skip = len(hf.encode(prompt, add_special_tokens=False).ids)
+        else:  # LLM2Vec: embed_mask covers the last len(tokenize(text)) positions
+            skip = len(state) - len(hf.encode(text, add_special_tokens=False).ids)
+        np.testing.assert_allclose(vector, masked_mean(state, skip), atol=1e-5)
+    if mask == "text_tokens":  # without a prompt, the text's tokens alone are pooled too ([CLS] is not)
+        vector, state = m.encode("a b c", normalize=False), m.encode("a b c", output="tokens")
+        np.testing.assert_allclose(vector, state[len(state) - 3 :].mean(axis=0), atol=1e-5)
+
+
+def test_last_token_pooling_reads_the_appended_eos(qwen3_folder):
+    m = embzoo.load(qwen3_folder, recipe="Qwen/Qwen3-Embedding-0.6B", dtype=torch.float32)
+    states = m.encode(["hello there", "x"], output="tokens")
+    vectors = m.encode(["hello there", "x"], normalize=False)
+    for v, s in zip(vectors, states, strict=True):
+        np.testing.assert_allclose(v, s[-1], atol=1e-6)
