@@ -38,7 +38,14 @@ def _load(args: argparse.Namespace):
 def cmd_embed(args: argparse.Namespace) -> None:
     texts = _read_inputs(args)
     model = _load(args)
-    vectors = model.encode(texts, prompt_name=args.prompt_name, dimensions=args.dimensions, precision=args.precision)
+    vectors = model.encode(
+        texts,
+        prompt_name=args.prompt_name,
+        prompt=args.prompt,
+        instruction=args.instruction,
+        dimensions=args.dimensions,
+        precision=args.precision,
+    )
     if args.output and args.output.endswith(".npy"):
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape} {vectors.dtype} to {args.output}", file=sys.stderr)
@@ -101,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("texts", nargs="*", metavar="TEXT")
     embed.add_argument("--file", help="input: one text per line, or .jsonl of strings / {'text': ...}")
     embed.add_argument("--output", "-o", help="write here: .npy (array) or anything else (JSON lines)")
-    embed.add_argument("--prompt-name", default=None)
+    embed.add_argument("--prompt-name", default=None, help="one of the model's prompts, e.g. query")
+    embed.add_argument("--prompt", default=None, help="a literal prefix for every text")
+    embed.add_argument("--instruction", default=None, help="a task description for the model's instruction template")
     embed.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N dims")
     embed.add_argument("--precision", default="float32", choices=["float32", "binary", "ubinary"])
     embed.set_defaults(func=cmd_embed)

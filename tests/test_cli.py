@@ -42,3 +42,13 @@ def test_list_shows_the_catalog(capsys):
     main(["list"])
     out = capsys.readouterr().out
     assert "BAAI/bge-m3" in out and "intfloat/multilingual-e5-large" in out
+
+
+def test_embed_with_a_literal_prompt(capsys):
+    from embzoo import load
+
+    main(["embed", "--device", "cpu", "--prompt", "query: ", "hello"])
+    row = json.loads(capsys.readouterr().out)
+    expected = load(device="cpu").encode("hello", prompt="query: ")
+    np.testing.assert_allclose(row["embedding"], expected, atol=1e-6)
+    assert "Qwen/Qwen3-Embedding-0.6B" in (main(["list"]) or capsys.readouterr().out)
