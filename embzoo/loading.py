@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.load import is_classifier, load_backbone, load_dense
+from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
@@ -51,20 +53,26 @@ def load(
     revision: str | None = None,
     attn_backend: str | None = None,
     max_seq_length: int | None = None,
+    adapters: Sequence[str | Path] = (),
 ) -> Embedder:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
+
+    A PEFT LoRA adapter folder loads its base model (following base_model_name_or_path, see
+    embzoo.conversion.peft) with the adapters merged; `adapters` (folders or Hub ids) are merged on top, in order.
     """
     entry = catalog.lookup(None if name_or_path is None else str(name_or_path))
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
-    snap = read_snapshot(root)
+    snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
+    merge = lora_transform([*chain, *(resolve(a) for a in adapters)])
     if is_classifier(snap.config):
         raise UnsupportedConfig(
             f"{root} is a sequence-classification checkpoint ({snap.config.get('architectures')}), "
             "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone, _ = load_backbone(snap, attn_backend=attn_backend)
+    backbone, _ = load_backbone(snap, attn_backend=attn_backend, transform=merge)
+    merge.check()
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None:
