@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.load import is_classifier, load_backbone, load_dense
+from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
@@ -55,6 +57,7 @@ def load(
     max_seq_length: int | None = None,
     recipe: str | None = None,
     config_overrides: dict[str, Any] | None = None,
+    adapters: Sequence[str | Path] = (),
 ) -> Embedder:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
@@ -62,12 +65,15 @@ def load(
     recipe: the catalog id whose recipe (prompts, instruction template, EOS, pooling, attention
     overrides) applies, for a local copy of a catalogued model (default: name_or_path's own entry).
     config_overrides: config.json values to replace before conversion (e.g. {"is_causal": False}).
+    A PEFT LoRA adapter folder loads its base model (following base_model_name_or_path, see
+    embzoo.conversion.peft) with the adapters merged; `adapters` (folders or Hub ids) are merged on top, in order.
     """
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
     if recipe is not None and entry is None:
         raise ValueError(f"recipe {recipe!r} is not in the catalog; `embzoo list` shows the catalogued ids")
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
-    snap = read_snapshot(root)
+    snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
+    merge = lora_transform([*chain, *(resolve(a) for a in adapters)])
     overrides = {**(entry.config_overrides if entry else {}), **(config_overrides or {})}
     if overrides:
         snap = dataclasses.replace(snap, config={**snap.config, **overrides})
@@ -77,7 +83,8 @@ def load(
             "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone, _ = load_backbone(snap, attn_backend=attn_backend)
+    backbone, _ = load_backbone(snap, attn_backend=attn_backend, transform=merge)
+    merge.check()
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None:

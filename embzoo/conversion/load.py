@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -27,11 +28,15 @@ def _shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
 
 
 def load_backbone(
-    snapshot: Snapshot, attn_backend: str | None = None, with_head: bool | None = None
+    snapshot: Snapshot,
+    attn_backend: str | None = None,
+    with_head: bool | None = None,
+    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Backbone, ClassificationHead | None]:
     """The backbone (and the classification head when the checkpoint is a classifier), fp32 on CPU.
 
-    Strict: raises WeightMismatch listing missing and left-over tensors.
+    transform(key, tensor) rewrites each checkpoint tensor as it is read, before renaming and fusing (LoRA
+    merging). Strict: raises WeightMismatch listing missing and left-over tensors.
     """
     family = family_for(snapshot.config)
     arch = family.to_arch(snapshot.config)
@@ -42,7 +47,11 @@ def load_backbone(
         head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
     expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
     rules = family.WEIGHTS + (head_rules if head else dropped(head_rules))
-    keys, get = open_weights(snapshot.model_dir)
+    keys, read = open_weights(snapshot.weights_dir or snapshot.model_dir)
+
+    def get(key: str) -> torch.Tensor:
+        return read(key) if transform is None else transform(key, read(key))
+
     state = {n: t.float() for n, t in apply(keys, get, rules, expected).items()}
     head_state = {n[len(HEAD_PREFIX) :]: state.pop(n) for n in list(state) if n.startswith(HEAD_PREFIX)}
     backbone.load_state_dict(state, strict=True, assign=True)

@@ -40,7 +40,7 @@ WEIGHT_FILES = (
 # what a Hub download fetches (fnmatch: "*" crosses "/", so module subfolders are included);
 # ONNX/OpenVINO exports and duplicate .bin weights are left on the Hub
 HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
-HUB_LEGACY_WEIGHTS = ["*.json", "*pytorch_model*.bin"]
+HUB_LEGACY_WEIGHTS = ["*.json", "*pytorch_model*.bin", "adapter_model.bin"]
 
 
 LEGACY_NORM_NAME = re.compile(r"(?<=LayerNorm\.)(gamma|beta)$")
@@ -81,6 +81,7 @@ class Snapshot:
     model_dir: Path  # holds config.json, weights and tokenizer (sentence-transformers module 0)
     config: dict[str, Any]
     pipeline: PipelineSpec
+    weights_dir: Path | None = None  # where the weights are when not in model_dir (a LoRA adapter's base model)
 
 
 def read_json(path: Path) -> Any:
