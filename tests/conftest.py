@@ -60,12 +60,22 @@ def save_checkpoint(model: torch.nn.Module, folder: Path, tokenizer_dir: Path, *
 
 @pytest.fixture
 def make_checkpoint(tmp_path, tokenizer_dir):
-    """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it."""
+    """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it.
 
-    def build(model_cls, config, name: str = "ckpt", seed: int = 0, **save_kwargs) -> tuple[Path, torch.nn.Module]:
+    noise > 0 adds noise · N(0, 1) to every 1-D parameter: transformers initializes norms to a constant
+    and biases to 0, which would hide a norm or bias mapped to the wrong place (or a wrong norm offset).
+    """
+
+    def build(
+        model_cls, config, name: str = "ckpt", seed: int = 0, noise: float = 0.0, **save_kwargs
+    ) -> tuple[Path, torch.nn.Module]:
         torch.manual_seed(seed)
         config._attn_implementation = "eager"
         model = model_cls(config).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.add_(noise * torch.randn_like(p))
         return save_checkpoint(model, tmp_path / name, tokenizer_dir, **save_kwargs), model
 
     return build
