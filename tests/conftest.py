@@ -104,3 +104,31 @@ def reference_hidden(model, seqs, pad_id=0) -> list[torch.Tensor]:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).last_hidden_state
     return [out[i, : len(s)] for i, s in enumerate(seqs)]
+
+
+def assert_parity(ours, ref, seqs, atol=1e-4) -> torch.Tensor:
+    """An embzoo backbone vs a transformers reference on the same ragged batch (right-padded there):
+    per-sequence states within atol, and sequence 1 alone gives its in-batch states. Returns ours [T, D]."""
+    from embzoo.modeling.batch import PackedBatch
+
+    batch = PackedBatch.from_sequences(seqs)
+    with torch.no_grad():
+        got = ours(batch).split([len(s) for s in seqs])
+        alone = ours(PackedBatch.from_sequences([seqs[1]]))
+    for g, w in zip(got, reference_hidden(ref, seqs), strict=True):
+        torch.testing.assert_close(g, w, atol=atol, rtol=0)
+    torch.testing.assert_close(alone, got[1], atol=1e-5, rtol=0)
+    return torch.cat(got)
+
+
+def variant_output(ours, seqs, **changes) -> torch.Tensor:
+    """States [T, D] of a backbone with ours' weights and ArchConfig fields `changes` (shows a feature matters)."""
+    import dataclasses
+
+    from embzoo.modeling.backbone import Backbone
+    from embzoo.modeling.batch import PackedBatch
+
+    other = Backbone(dataclasses.replace(ours.cfg, **changes)).eval()
+    other.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        return other(PackedBatch.from_sequences(seqs))

@@ -1,12 +1,11 @@
 """Llama-layout decoders (Llama, Mistral, Qwen2, Qwen3): config translation, and fp32 parity against
 transformers' LlamaModel / MistralModel / Qwen2Model / Qwen3Model and their *ForCausalLM checkpoints."""
 
-import dataclasses
 import json
 
 import pytest
 import torch
-from conftest import ragged_ids, reference_hidden
+from conftest import assert_parity, ragged_ids, variant_output
 from safetensors import safe_open
 from transformers import (
     LlamaConfig,
@@ -25,7 +24,6 @@ from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import llama
 from embzoo.conversion.load import load_backbone
 from embzoo.conversion.snapshot import read_snapshot
-from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.pooling import Pooler
 
@@ -167,55 +165,42 @@ LENGTHS = [1, 30, 7, 2, 23, 1, 17]
 NOISE = 0.2  # on norms and biases (see conftest.make_checkpoint)
 
 
-def assert_parity(ours, ref, seqs):
-    """Per-sequence embzoo states vs transformers' on a right-padded batch (1e-4), and batch invariance."""
-    batch = PackedBatch.from_sequences(seqs)
-    with torch.no_grad():
-        got = ours(batch).split([len(s) for s in seqs])
-        alone = ours(PackedBatch.from_sequences([seqs[1]]))
-    for g, w in zip(got, reference_hidden(ref, seqs), strict=True):
-        torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
-    torch.testing.assert_close(alone, got[1], atol=1e-5, rtol=0)
-    return torch.cat(got)
-
-
-def variant(ours, **changes):
-    """The same weights in a backbone whose ArchConfig differs by `changes` (to show a feature matters)."""
-    other = Backbone(dataclasses.replace(ours.cfg, **changes))
-    other.load_state_dict(ours.state_dict())
-    return other.eval()
-
-
-def run(backbone, seqs):
-    with torch.no_grad():
-        return backbone(PackedBatch.from_sequences(seqs))
-
-
-# (reference class, config, ArchConfig changes that must change the output: the feature the case tests)
+# (reference class, config, ArchConfig changes each of which must change the output: the features the case tests)
 MODELS = [
-    pytest.param(Qwen3Model, Qwen3Config(**SMALL, head_dim=16, rope_theta=1e4), {"causal": False}, id="qwen3-gqa"),
+    pytest.param(
+        Qwen3Model,
+        Qwen3Config(**SMALL, head_dim=16, rope_theta=1e4),
+        [{"causal": False}, {"rope_theta": 500.0}],
+        id="qwen3-gqa",
+    ),
     pytest.param(
         Qwen2Model,
         Qwen2Config(**SMALL, rope_theta=500.0, use_sliding_window=True, sliding_window=5, max_window_layers=1),
-        {"layer_types": ()},
+        [{"layer_types": ()}, {"local_window": 5}],
         id="qwen2-causal-sliding-layers",
     ),
-    pytest.param(Qwen2Model, Qwen2Config(**SMALL, is_causal=False), {"causal": True}, id="qwen2-bidirectional"),
-    pytest.param(MistralModel, MistralConfig(**SMALL, sliding_window=6), {"layer_types": ()}, id="mistral-window"),
+    pytest.param(Qwen2Model, Qwen2Config(**SMALL, is_causal=False), [{"causal": True}], id="qwen2-bidirectional"),
     pytest.param(
-        LlamaModel, LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True), {"causal": False}, id="llama-biases"
+        MistralModel,
+        MistralConfig(**SMALL, sliding_window=6),
+        [{"layer_types": ()}, {"local_window": 6}],
+        id="mistral-window",
+    ),
+    pytest.param(
+        LlamaModel, LlamaConfig(**SMALL, attention_bias=True, mlp_bias=True), [{"causal": False}], id="llama-biases"
     ),
 ]
 
 
-@pytest.mark.parametrize("model_cls, config, changes", MODELS)
-def test_backbone_matches_transformers(make_checkpoint, model_cls, config, changes):
+@pytest.mark.parametrize("model_cls, config, variants", MODELS)
+def test_backbone_matches_transformers(make_checkpoint, model_cls, config, variants):
     folder, ref = make_checkpoint(model_cls, config, noise=NOISE)
     ours, head = load_backbone(read_snapshot(folder))
     assert head is None
     seqs = ragged_ids(LENGTHS, config.vocab_size)
     got = assert_parity(ours, ref, seqs)
-    assert (run(variant(ours, **changes), seqs) - got).abs().max() > 1e-2
+    for changes in variants:
+        assert (variant_output(ours, seqs, **changes) - got).abs().max() > 1e-3, changes
 
 
 def test_bidirectional_flag_reaches_config_json(make_checkpoint):
