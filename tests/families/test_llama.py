@@ -86,6 +86,9 @@ def test_to_arch_qwen2_sliding_layers_need_use_sliding_window():
     assert (a.layer_types, a.local_window, a.qkv_bias, a.out_bias, a.qk_norm) == ((), 0, True, False, "none")
     a = llama.to_arch(QWEN2 | {"use_sliding_window": True, "sliding_window": 8})
     assert (a.layer_types, a.local_window) == (("full", "full", "local", "local"), 7)
+    # no max_window_layers: transformers' default 28
+    hf = {k: v for k, v in QWEN2.items() if k != "max_window_layers"} | {"num_hidden_layers": 30}
+    assert llama.to_arch(hf | {"use_sliding_window": True}).layer_types == ("full",) * 28 + ("local",) * 2
 
 
 def test_to_arch_mistral_window_on_every_layer():

@@ -68,12 +68,12 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     )
 
 
-def rope_theta(hf: dict[str, Any], default: float = 10000.0) -> float:
+def rope_theta(hf: dict[str, Any]) -> float:
     """Unscaled rotary base from `rope_parameters` (transformers ≥ 5) or `rope_theta`; scaling is rejected."""
     params = hf.get("rope_parameters") or {}
     for p in (params, hf.get("rope_scaling") or {}):
         check_unscaled(p, hf["model_type"])
-    return float(params.get("rope_theta", hf.get("rope_theta", default)))
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
 def check_unscaled(params: dict[str, Any], family: str) -> None:
@@ -105,7 +105,7 @@ def layer_types(hf: dict[str, Any]) -> tuple[str, ...]:
     window = hf.get("sliding_window") if flag(hf, "use_sliding_window", False) else None
     types = named_layer_types(hf)
     if types is None:
-        first = hf.get("max_window_layers", n)
+        first = hf.get("max_window_layers", 28)  # transformers' default
         types = tuple("local" if window and i >= first else "full" for i in range(n))
     if "local" in types and not window:
         raise UnsupportedConfig(
