@@ -60,12 +60,22 @@ def save_checkpoint(model: torch.nn.Module, folder: Path, tokenizer_dir: Path, *
 
 @pytest.fixture
 def make_checkpoint(tmp_path, tokenizer_dir):
-    """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it."""
+    """Build a tiny random transformers checkpoint folder (with the MiniLM tokenizer) and return it.
 
-    def build(model_cls, config, name: str = "ckpt", seed: int = 0, **save_kwargs) -> tuple[Path, torch.nn.Module]:
+    noise > 0 adds noise · N(0, 1) to every 1-D parameter: transformers initializes norms to a constant
+    and biases to 0, which would hide a norm or bias mapped to the wrong place (or a wrong norm offset).
+    """
+
+    def build(
+        model_cls, config, name: str = "ckpt", seed: int = 0, noise: float = 0.0, **save_kwargs
+    ) -> tuple[Path, torch.nn.Module]:
         torch.manual_seed(seed)
         config._attn_implementation = "eager"
         model = model_cls(config).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.add_(noise * torch.randn_like(p))
         return save_checkpoint(model, tmp_path / name, tokenizer_dir, **save_kwargs), model
 
     return build
@@ -94,3 +104,31 @@ def reference_hidden(model, seqs, pad_id=0) -> list[torch.Tensor]:
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask).last_hidden_state
     return [out[i, : len(s)] for i, s in enumerate(seqs)]
+
+
+def assert_parity(ours, ref, seqs, atol=1e-4) -> torch.Tensor:
+    """An embzoo backbone vs a transformers reference on the same ragged batch (right-padded there):
+    per-sequence states within atol, and sequence 1 alone gives its in-batch states. Returns ours [T, D]."""
+    from embzoo.modeling.batch import PackedBatch
+
+    batch = PackedBatch.from_sequences(seqs)
+    with torch.no_grad():
+        got = ours(batch).split([len(s) for s in seqs])
+        alone = ours(PackedBatch.from_sequences([seqs[1]]))
+    for g, w in zip(got, reference_hidden(ref, seqs), strict=True):
+        torch.testing.assert_close(g, w, atol=atol, rtol=0)
+    torch.testing.assert_close(alone, got[1], atol=1e-5, rtol=0)
+    return torch.cat(got)
+
+
+def variant_output(ours, seqs, **changes) -> torch.Tensor:
+    """States [T, D] of a backbone with ours' weights and ArchConfig fields `changes` (shows a feature matters)."""
+    import dataclasses
+
+    from embzoo.modeling.backbone import Backbone
+    from embzoo.modeling.batch import PackedBatch
+
+    other = Backbone(dataclasses.replace(ours.cfg, **changes)).eval()
+    other.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        return other(PackedBatch.from_sequences(seqs))

@@ -7,18 +7,20 @@ Quirks and the fields that encode them:
   before the MLP (→ `norm_mlp`).
 - Grouped-query attention: `num_key_value_heads` → `num_kv_heads`; `head_dim` may differ from
   hidden/heads (Qwen3) → `head_dim`. q/k/v_proj fuse into `attn.qkv` in the order q, k, v.
-- Biases: Qwen2 on q/k/v only → `qkv_bias`; Llama/Mistral `attention_bias` on q/k/v and o_proj →
-  `qkv_bias`, `out_bias`; Llama `mlp_bias`. Qwen3 has none, and an RMSNorm over each head's dims on q
-  and k before rotary (self_attn.q_norm / k_norm) → `qk_norm="head"`.
+- Biases: Qwen2 on q/k/v only → `qkv_bias`; Llama/Qwen3 `attention_bias` on q/k/v and o_proj →
+  `qkv_bias`, `out_bias`; Llama `mlp_bias`; Mistral none (MistralModel ignores both keys). Qwen3 adds an
+  RMSNorm over each head's dims on q and k before rotary (self_attn.q_norm / k_norm) → `qk_norm="head"`.
 - SwiGLU: down(SiLU(gate) · up) → `mlp_gated`, gate_proj / up_proj fused in that order.
 - Rotary: NeoX rotate-half over the whole head, theta `rope_theta` (or `rope_parameters.rope_theta`,
   transformers ≥ 5); only unscaled rotary is supported.
 - Causal by default. config `is_causal: false` makes attention bidirectional (gte-Qwen2 and LLM2Vec
   models are trained that way; the catalog sets it for checkpoints whose config.json does not say so).
-- Sliding windows (causal only): Mistral `sliding_window` W on every layer; Qwen2/Qwen3 only with
-  `use_sliding_window`, on layers i >= `max_window_layers`; an explicit `layer_types` list wins. Query i
-  sees keys i-W+1..i → `local_window=W-1`. Bidirectional models run without a window, as the
-  bidirectional references (LLM2Vec, NV-Embed) do.
+- Sliding windows (causal only), as transformers' models apply them: Mistral `sliding_window` W on every
+  layer (MistralModel ignores `layer_types`); Qwen2/Qwen3 only with `use_sliding_window`, on the layers an
+  explicit `layer_types` list names "sliding_attention", else on layers i >= `max_window_layers`; Llama
+  never. Query i sees keys i-W+1..i → `local_window=W-1`. Bidirectional models run without a window, as
+  the bidirectional references (LLM2Vec, NV-Embed, gte-Qwen2) do (transformers 5 itself would give an
+  `is_causal: false` model's sliding layers the window |i - j| <= W).
 - Weight names: *Model checkpoints have none of the prefix, *ForCausalLM ones "model." and an lm_head
   (tied or not, unused by an embedder: dropped).
 """
@@ -39,7 +41,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     """config.json of a Llama/Mistral/Qwen2/Qwen3 checkpoint → ArchConfig."""
     kind = hf["model_type"]
     causal = flag(hf, "is_causal", True)
-    attention_bias = flag(hf, "attention_bias", False)
+    attention_bias = kind in ("llama", "qwen3") and flag(hf, "attention_bias", False)
     types = layer_types(hf) if causal else ()
     return ArchConfig(
         **sizes(hf),
@@ -56,48 +58,60 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         final_norm=True,
         causal=causal,
         qkv_bias=kind == "qwen2" or attention_bias,
-        out_bias=attention_bias and kind != "qwen2",
+        out_bias=attention_bias,
         qk_norm="head" if kind == "qwen3" else "none",
         layer_types=types if "local" in types else (),
         local_window=hf["sliding_window"] - 1 if "local" in types else 0,
         activation=choice(hf, "hidden_act", "silu", HF_ACTIVATIONS, kind),
         mlp_gated=True,
-        mlp_bias=flag(hf, "mlp_bias", False),
+        mlp_bias=kind == "llama" and flag(hf, "mlp_bias", False),
     )
 
 
 def rope_theta(hf: dict[str, Any]) -> float:
     """Unscaled rotary base from `rope_parameters` (transformers ≥ 5) or `rope_theta`; scaling is rejected."""
     params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    for p in (params, scaling):
-        rope_type = p.get("rope_type", p.get("type", "default"))
-        if rope_type != "default":
-            raise UnsupportedConfig(f"{hf['model_type']}: rope_type {rope_type!r}; only unscaled rotary is supported")
+    for p in (params, hf.get("rope_scaling") or {}):
+        check_unscaled(p, hf["model_type"])
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def check_unscaled(params: dict[str, Any], family: str) -> None:
+    """Raise UnsupportedConfig unless a rope_parameters / rope_scaling dict asks for plain rotary."""
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise UnsupportedConfig(f"{family}: rope_type {rope_type!r}; only unscaled rotary ('default') is supported")
+
+
+def named_layer_types(hf: dict[str, Any]) -> tuple[str, ...] | None:
+    """config `layer_types` as "full" | "local" per layer; None when the config has no list."""
+    names, n = hf.get("layer_types"), hf["num_hidden_layers"]
+    if names is None:
+        return None
+    if len(names) != n or set(names) - set(LAYER_TYPES):
+        raise UnsupportedConfig(
+            f"{hf['model_type']}: layer_types {names} must name {n} layers, each one of {sorted(LAYER_TYPES)}"
+        )
+    return tuple(LAYER_TYPES[t] for t in names)
 
 
 def layer_types(hf: dict[str, Any]) -> tuple[str, ...]:
     """Per-layer "full" | "local" for a causal model (see the module docstring)."""
-    n = hf["num_hidden_layers"]
-    names = hf.get("layer_types")
-    if names is not None:
-        if len(names) != n or set(names) - set(LAYER_TYPES):
-            raise UnsupportedConfig(
-                f"{hf['model_type']}: layer_types {names} must name {n} layers, each one of {sorted(LAYER_TYPES)}"
-            )
-        types = tuple(LAYER_TYPES[t] for t in names)
-    elif hf.get("sliding_window") is None:
-        types = ("full",) * n
-    elif hf["model_type"] == "mistral":
-        types = ("local",) * n
-    elif flag(hf, "use_sliding_window", False):
-        first = hf.get("max_window_layers", n)
-        types = tuple("local" if i >= first else "full" for i in range(n))
-    else:
-        types = ("full",) * n
-    if "local" in types and not hf.get("sliding_window"):
-        raise UnsupportedConfig(f"{hf['model_type']}: sliding layers need a positive sliding_window")
+    kind, n = hf["model_type"], hf["num_hidden_layers"]
+    if kind == "mistral":
+        return ("local" if hf.get("sliding_window") else "full",) * n
+    if kind == "llama":
+        return ("full",) * n
+    window = hf.get("sliding_window") if flag(hf, "use_sliding_window", False) else None
+    types = named_layer_types(hf)
+    if types is None:
+        first = hf.get("max_window_layers", 28)  # transformers' default
+        types = tuple("local" if window and i >= first else "full" for i in range(n))
+    if "local" in types and not window:
+        raise UnsupportedConfig(
+            f"{kind}: layer_types has sliding layers but no window; they need use_sliding_window true and a "
+            "positive sliding_window"
+        )
     return types
 
 
