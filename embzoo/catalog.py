@@ -131,11 +131,11 @@ def _entries() -> list[CatalogEntry]:
                      instruction_template=LLM2VEC_TEMPLATE, instruction_mask="text_tokens",
                      config_overrides={"is_causal": False},
                      summary="LLM2Vec (bidirectional, MNTP + supervised LoRA merged); mean over the text tokens only."))
-    out.append(e("google/embeddinggemma-300m", "gemma", ("mean",), 768, 2048, "gemma", "multilingual",
+    out.append(e("google/embeddinggemma-300m", "gemma2", ("mean",), 768, 2048, "gemma", "multilingual",
                  instructed(GEMMA_TEMPLATE, "search result", document="title: none | text: "),
                  instruction_template=GEMMA_TEMPLATE, append_eos=True,
                  summary="EmbeddingGemma (bidirectional Gemma3, mean → 2 Dense → normalize); MRL 768/512/256/128."))
-    out.append(e("BAAI/bge-multilingual-gemma2", "gemma", ("lasttoken",), 3584, 8192, "gemma", "multilingual",
+    out.append(e("BAAI/bge-multilingual-gemma2", "gemma2", ("lasttoken",), 3584, 8192, "gemma", "multilingual",
                  instructed(BGE_GEMMA2_TEMPLATE, WEB_SEARCH), instruction_template=BGE_GEMMA2_TEMPLATE,
                  summary="BGE on Gemma2-9B (causal, last token); queries take an instruction."))
     for size, dim in SIZES:
