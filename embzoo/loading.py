@@ -10,7 +10,7 @@ import torch
 from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import UnsupportedConfig
-from embzoo.conversion.load import is_classifier, load_backbone, load_dense
+from embzoo.conversion.load import is_classifier, load_backbone, load_dense, load_pooler
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
@@ -65,17 +65,19 @@ def load(
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, _ = load_backbone(snap, attn_backend=attn_backend)
+    learned = load_pooler(snap, _dtype(dtype, device))  # a family's own pooler replaces sentence-transformers'
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
-    if pooling is None:
+    if pooling is None and learned is None:
         log.warning("%s has no sentence-transformers Pooling config and no catalog entry: mean pooling", root)
         pooling = ("mean",)
     normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
+    normalize = normalize or bool(learned is not None and learned.output_normalize)
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     model = EmbeddingModel(
         backbone.to(device, _dtype(dtype, device)),
-        Pooler(pooling, pipe.include_prompt),
+        learned.to(device) if learned is not None else Pooler(pooling, pipe.include_prompt),
         [load_dense(d).to(device) for d in pipe.dense],
     )
     tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case)
