@@ -83,7 +83,7 @@ class Embedder:
     def __repr__(self) -> str:
         return (
             f"Embedder({self.name!r}, dimension={self.dimension}, max_seq_length={self.max_seq_length}, "
-            f"pooling={list(self.model.pooler.modes)}, normalize={self.normalize}, device={self.device})"
+            f"pooling={self.model.pooler.name!r}, normalize={self.normalize}, device={self.device})"
         )
 
     def _prompt(self, prompt_name: str | None, prompt: str | None, instruction: str | None) -> str:

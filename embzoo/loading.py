@@ -13,7 +13,7 @@ import torch
 from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import UnsupportedConfig
-from embzoo.conversion.load import is_classifier, load_backbone, load_dense
+from embzoo.conversion.load import is_classifier, load_backbone, load_dense, load_pooler
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
@@ -85,19 +85,21 @@ def load(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone, _ = load_backbone(snap, attn_backend=attn_backend, transform=merge)
     merge.check()
+    learned = load_pooler(snap, _dtype(dtype, device))  # a family's own pooler replaces sentence-transformers'
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
-    if pooling is None:
+    if pooling is None and learned is None:
         log.warning("%s has no sentence-transformers Pooling config and no catalog entry: mean pooling", root)
         pooling = ("mean",)
     normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
+    normalize = normalize or bool(learned is not None and learned.output_normalize)
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     # a recipe that masks instructions its own way keeps them out of the pool
     include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
     model = EmbeddingModel(
         backbone.to(device, _dtype(dtype, device)),
-        Pooler(pooling, include_prompt),
+        learned.to(device) if learned is not None else Pooler(pooling, include_prompt),
         [load_dense(d).to(device) for d in pipe.dense],
     )
     append_eos = bool(entry and entry.append_eos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from types import ModuleType
 
@@ -58,6 +59,24 @@ def load_backbone(
     if head is not None:
         head.load_state_dict(head_state, strict=True, assign=True)
     return backbone, head
+
+
+def load_pooler(snapshot: Snapshot, dtype: torch.dtype = torch.float32) -> nn.Module | None:
+    """The family's learned pooler (NV-Embed's latent attention) in `dtype` on CPU; None for families
+    without one (`pooler(hf)` builds it, POOLER_WEIGHTS fills it from the keys matching POOLER_PREFIX).
+
+    Strict over those keys: raises WeightMismatch listing missing and left-over tensors.
+    """
+    family = family_for(snapshot.config)
+    if not hasattr(family, "pooler"):
+        return None
+    with torch.device("meta"):
+        pooler = family.pooler(snapshot.config)
+    keys, get = open_weights(snapshot.model_dir)
+    owned = [k for k in keys if re.match(family.POOLER_PREFIX, k)]
+    state = apply(owned, get, family.POOLER_WEIGHTS, _shapes(pooler))
+    pooler.load_state_dict({n: t.to(dtype) for n, t in state.items()}, strict=True, assign=True)
+    return pooler
 
 
 def _head(family: ModuleType, config: dict, hidden_size: int) -> ClassificationHead:

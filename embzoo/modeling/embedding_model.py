@@ -10,13 +10,14 @@ from torch import nn
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.heads import Dense
+from embzoo.modeling.latent_attention import LatentAttentionPooler
 from embzoo.modeling.pooling import Pooler
 
 
 class EmbeddingModel(nn.Module):
     """forward: PackedBatch → float32 [B, dimension] (before any normalization)."""
 
-    def __init__(self, backbone: Backbone, pooler: Pooler, dense: Sequence[Dense] = ()):
+    def __init__(self, backbone: Backbone, pooler: Pooler | LatentAttentionPooler, dense: Sequence[Dense] = ()):
         super().__init__()
         self.backbone = backbone
         self.pooler = pooler
@@ -26,7 +27,7 @@ class EmbeddingModel(nn.Module):
     def dimension(self) -> int:
         if len(self.dense):
             return self.dense[-1].linear.out_features
-        return self.backbone.cfg.hidden_size * len(self.pooler.modes)
+        return self.pooler.output_dim(self.backbone.cfg.hidden_size)
 
     def forward(self, batch: PackedBatch, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = self.pooler(self.backbone(batch), batch.cu_seqlens, prompt_lengths)

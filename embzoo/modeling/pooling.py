@@ -1,4 +1,8 @@
-"""Pooler: token states [T, D] → one vector per sequence, sentence-transformers' modes exactly."""
+"""Pooler: token states [T, D] → one vector per sequence, sentence-transformers' modes exactly.
+
+Every pooler (this one, latent_attention.LatentAttentionPooler) offers what EmbeddingModel and Embedder
+use: forward(h, cu_seqlens, prompt_lengths), output_dim(hidden_size), include_prompt and name.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,15 @@ class Pooler(nn.Module):
             raise ValueError(f"unknown pooling modes {unknown or modes}; allowed: {sorted(POOLING_MODES)}")
         self.modes = tuple(modes)
         self.include_prompt = include_prompt
+
+    @property
+    def name(self) -> str:
+        """The modes joined by "+" ("mean", "cls+max")."""
+        return "+".join(self.modes)
+
+    def output_dim(self, hidden_size: int) -> int:
+        """Width of the pooled vector: one hidden-size block per mode."""
+        return hidden_size * len(self.modes)
 
     def forward(
         self, h: torch.Tensor, cu_seqlens: torch.Tensor, prompt_lengths: torch.Tensor | None = None
