@@ -14,6 +14,7 @@ from embzoo.conversion.load import is_classifier, load_backbone, load_dense
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
+from embzoo.modeling.quantized_linear import quantize_linears
 from embzoo.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,16 @@ def load(
     revision: str | None = None,
     attn_backend: str | None = None,
     max_seq_length: int | None = None,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
 ) -> Embedder:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
+    load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
+    weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     """
+    if load_in_8bit and load_in_4bit:
+        raise ValueError("load_in_8bit and load_in_4bit are exclusive: pass one of them (8-bit int8 or 4-bit NF4)")
     entry = catalog.lookup(None if name_or_path is None else str(name_or_path))
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
     snap = read_snapshot(root)
@@ -73,8 +80,13 @@ def load(
     normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
+    if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
+        dtype = torch.float16
+    dtype = _dtype(dtype, device)
+    if load_in_8bit or load_in_4bit:  # block by block from the host: the device never holds every full weight
+        backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     model = EmbeddingModel(
-        backbone.to(device, _dtype(dtype, device)),
+        backbone.to(device, dtype),
         Pooler(pooling, pipe.include_prompt),
         [load_dense(d).to(device) for d in pipe.dense],
     )
