@@ -32,6 +32,10 @@ TEXTS = ["hello", "The quick brown fox jumps over the lazy dog.", "what is rope?
 # measured on CPU cos 0.99867 / max abs 0.021 (8bit), cos 0.8865 / max abs 0.153 (nf4: 16 levels per weight in a
 # 64-wide random model with std 0.2, so the error does not average out)
 BOUNDS = {"8bit": (0.995, 0.05), "nf4": (0.8, 0.3)}
+# test_cuda's 8-layer, 256-wide model at transformers' default init: on CPU (8bit float16, nf4 bfloat16) it
+# measured cos 0.99921 / max abs 0.0079 (8bit), cos 0.9480 / max abs 0.061 (nf4)
+CUDA_BOUNDS = {"8bit": (0.995, 0.03), "nf4": (0.9, 0.15)}
+CUDA_SIZES = SIZES | dict(hidden_size=256, intermediate_size=2048, num_hidden_layers=8, initializer_range=0.02)
 
 
 def embedder_folder(make_checkpoint, model):
@@ -119,10 +123,9 @@ def test_bad_arguments(make_checkpoint, monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("mode", ["8bit", "nf4"])
 def test_cuda(make_checkpoint, mode):
-    """On CUDA with the default dtypes (8bit: float16, nf4: bfloat16): pooled vectors within BOUNDS of the CPU
+    """On CUDA with the default dtypes (8bit: float16, nf4: bfloat16): pooled vectors within CUDA_BOUNDS of the CPU
     float32 load, and the load never holds more than about one block's full-precision weights on the device."""
-    config = Qwen3Config(**SIZES | dict(hidden_size=256, intermediate_size=2048, num_hidden_layers=8), head_dim=64)
-    folder, _ = make_checkpoint(Qwen3Model, config)
+    folder, _ = make_checkpoint(Qwen3Model, Qwen3Config(**CUDA_SIZES, head_dim=64))
     write_st_layout(folder, {"pooling_mode_lasttoken": True, "word_embedding_dimension": 256}, True, 128)
     full = embzoo.load(folder, device="cpu").encode(TEXTS)
     torch.cuda.empty_cache()
@@ -140,6 +143,6 @@ def test_cuda(make_checkpoint, mode):
     print(f"{mib['kept']} kept, {mib['transient']} transient peak; one fp32 block's Linear weights {mib['block']}")
     assert set(linears(quantized.model.backbone).values()) == {BNB_TYPES[mode]}
     assert all(p.device.type == "cuda" for p in quantized.model.parameters())
-    min_cos, max_diff = BOUNDS[mode]
+    min_cos, max_diff = CUDA_BOUNDS[mode]
     assert cos >= min_cos and diff <= max_diff
     assert transient <= block_bytes

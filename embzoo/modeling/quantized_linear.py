@@ -32,7 +32,7 @@ def _bitsandbytes() -> ModuleType:
     return bitsandbytes
 
 
-def quantized(linear: nn.Linear, mode: str, compute_dtype: torch.dtype, double_quant: bool = False) -> nn.Linear:
+def _quantized(linear: nn.Linear, mode: str, compute_dtype: torch.dtype, double_quant: bool = False) -> nn.Linear:
     """A bitsandbytes layer holding `linear`'s weight and bias (not copied); the weight is quantized when the
     layer is moved to a device (`.to(device)`, the host included)."""
     bnb = _bitsandbytes()
@@ -73,6 +73,6 @@ def quantize_linears(
         block.to(dtype=compute_dtype)
         for name, child in list(block.named_modules()):
             if type(child) is nn.Linear:
-                block.set_submodule(name, quantized(child, mode, compute_dtype, double_quant))
+                block.set_submodule(name, _quantized(child, mode, compute_dtype, double_quant))
         block.to(device)
     return module.to(device, compute_dtype)
