@@ -3,7 +3,7 @@ BitsAndBytesConfig sets them up; embeddings, norms, poolers and heads stay in hi
 
 - "8bit": LLM.int8() `Linear8bitLt`, int8 weights with one fp16 scale per output row
   (`has_fp16_weights=False`); activation columns with a value above 6.0 (transformers' `llm_int8_threshold`
-  default) are multiplied in fp16, the rest in int8.
+  default) are multiplied unquantized, the rest in int8.
 - "nf4": `Linear4bit` with NF4 weights in blocks of 64, matmuls in `compute_dtype`; double quantization
   (8-bit block scales) is off by default, as in transformers (`bnb_4bit_use_double_quant=False`).
 
