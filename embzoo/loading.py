@@ -18,6 +18,7 @@ from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
+from embzoo.modeling.quantized_linear import quantize_linears
 from embzoo.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ def load(
     recipe: str | None = None,
     config_overrides: dict[str, Any] | None = None,
     adapters: Sequence[str | Path] = (),
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
 ) -> Embedder:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
@@ -67,7 +70,11 @@ def load(
     config_overrides: config.json values to replace before conversion (e.g. {"is_causal": False}).
     A PEFT LoRA adapter folder loads its base model (following base_model_name_or_path, see
     embzoo.conversion.peft) with the adapters merged; `adapters` (folders or Hub ids) are merged on top, in order.
+    load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
+    weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     """
+    if load_in_8bit and load_in_4bit:
+        raise ValueError("load_in_8bit and load_in_4bit are exclusive: pass one of them (8-bit int8 or 4-bit NF4)")
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
     if recipe is not None and entry is None:
         raise ValueError(f"recipe {recipe!r} is not in the catalog; `embzoo list` shows the catalogued ids")
@@ -83,9 +90,12 @@ def load(
             "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
+        dtype = torch.float16
+    dtype = _dtype(dtype, device)
     backbone, _ = load_backbone(snap, attn_backend=attn_backend, transform=merge)
     merge.check()
-    learned = load_pooler(snap, _dtype(dtype, device))  # a family's own pooler replaces sentence-transformers'
+    learned = load_pooler(snap, dtype)  # a family's own pooler replaces sentence-transformers'
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None and learned is None:
@@ -97,8 +107,10 @@ def load(
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     # a recipe that masks instructions its own way keeps them out of the pool
     include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
+    if load_in_8bit or load_in_4bit:  # block by block from the host: the device never holds every full weight
+        backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     model = EmbeddingModel(
-        backbone.to(device, _dtype(dtype, device)),
+        backbone.to(device, dtype),
         learned.to(device) if learned is not None else Pooler(pooling, include_prompt),
         [load_dense(d).to(device) for d in pipe.dense],
     )
