@@ -19,6 +19,7 @@ from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
 from embzoo.modeling.quantized_linear import quantize_linears
+from embzoo.registry import family_for
 from embzoo.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,14 @@ def load(
             "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    overflows = getattr(family_for(snap.config), "FLOAT16_OVERFLOWS", False)
     if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
-        dtype = torch.float16
+        dtype = torch.bfloat16 if overflows else torch.float16
     dtype = _dtype(dtype, device)
+    if dtype is torch.float16 and overflows:
+        raise ValueError(
+            f"{root}: this model's activations overflow float16; load it with dtype='bfloat16' or 'float32'"
+        )
     backbone, _ = load_backbone(snap, attn_backend=attn_backend, transform=merge)
     merge.check()
     learned = load_pooler(snap, dtype)  # a family's own pooler replaces sentence-transformers'

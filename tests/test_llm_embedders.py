@@ -91,6 +91,11 @@ def test_embeddinggemma_like_refuses_nothing_and_truncates_then_normalizes(gemma
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
+def test_gemma_refuses_float16(gemma_folder):
+    with pytest.raises(ValueError, match="overflow float16; load it with dtype='bfloat16'"):
+        embzoo.load(gemma_folder, device="cpu", dtype="float16")
+
+
 def test_qwen3_embedding_like_matches_sentence_transformers(qwen3_folder):
     model = st_model(qwen3_folder)
     for padding_side in ("left", "right"):  # last-token pooling must not depend on it

@@ -36,6 +36,8 @@ Quirks and the fields that encode them:
   only (its Gemma 1/2 masks ignore the flag); embzoo applies the same rule to all three. `is_causal: false`
   is bidirectional without windows, as in `llama.py`.
 - Weight names: *Model checkpoints have no prefix, *ForCausalLM ones "model." and an lm_head (dropped).
+- Activations outgrow float16 (EmbeddingGemma's card: run float32 or bfloat16) → `FLOAT16_OVERFLOWS`:
+  `embzoo.load` refuses dtype float16 for these families.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from embzoo.conversion.families import llama
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("gemma",)
+FLOAT16_OVERFLOWS = True
 # Gemma 1's legacy "gelu" means the tanh approximation (transformers #29402)
 GEMMA1_ACTIVATIONS = HF_ACTIVATIONS | {"gelu": "gelu_tanh"}
 # Gemma 3 rotary: layer type → (legacy config key, transformers' default theta)
