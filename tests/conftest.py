@@ -81,6 +81,18 @@ def make_checkpoint(tmp_path, tokenizer_dir):
     return build
 
 
+# a decoder small enough for the tests yet with MiniLM's vocabulary (so real text runs through it)
+TINY_QWEN3 = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+
+
 def ragged_ids(lengths, vocab, seed=0, low=5) -> list[list[int]]:
     """Random token-id lists of the given lengths (ids from `low` up, clear of special and pad ids)."""
     g = torch.Generator().manual_seed(seed)

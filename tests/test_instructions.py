@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_QWEN3
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import Qwen3Config, Qwen3Model
 
@@ -85,21 +86,10 @@ def test_token_counts_exclude_special_tokens():
     assert tok.token_counts(["a b c", "", "d"]) == [3, 0, 1]
 
 
-TINY_QWEN3 = Qwen3Config(
-    vocab_size=30522,
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
-
-
 @pytest.fixture
 def qwen3_folder(make_checkpoint):
     """A tiny Qwen3 checkpoint with MiniLM's tokenizer; [MASK] (103) plays EOS, so it gets appended."""
-    folder, _ = make_checkpoint(Qwen3Model, TINY_QWEN3)
+    folder, _ = make_checkpoint(Qwen3Model, Qwen3Config(**TINY_QWEN3))
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg | {"eos_token": "[MASK]"}))
     return folder

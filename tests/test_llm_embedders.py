@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_st_layout
+from conftest import TINY_QWEN3, write_st_layout
 from safetensors.torch import save_file
 from sentence_transformers import SentenceTransformer
 from transformers import Gemma3TextConfig, Gemma3TextModel, Qwen3Config, Qwen3Model
@@ -57,16 +57,7 @@ def gemma_folder(make_checkpoint):
 
 @pytest.fixture
 def qwen3_folder(make_checkpoint):
-    config = Qwen3Config(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    )
-    folder, _ = make_checkpoint(Qwen3Model, config, noise=0.5)
+    folder, _ = make_checkpoint(Qwen3Model, Qwen3Config(**TINY_QWEN3), noise=0.5)
     prompts = {"query": "Instruct: Given a web search query, retrieve relevant passages\nQuery:", "document": ""}
     write_st_layout(folder, {"word_embedding_dimension": 32, "pooling_mode_lasttoken": True}, True, 64, prompts=prompts)
     return folder
