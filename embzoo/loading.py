@@ -64,7 +64,7 @@ def load(
             "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    backbone, _ = load_backbone(snap, attn_backend=attn_backend)
+    backbone, _ = load_backbone(snap, attn_backend=attn_backend, dtype=_dtype(dtype, device), device=device)
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None:
@@ -74,9 +74,9 @@ def load(
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     model = EmbeddingModel(
-        backbone.to(device, _dtype(dtype, device)),
+        backbone,
         Pooler(pooling, pipe.include_prompt),
-        [load_dense(d).to(device) for d in pipe.dense],
+        [load_dense(d, device=device) for d in pipe.dense],
     )
     tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL

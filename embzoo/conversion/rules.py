@@ -9,7 +9,7 @@ into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpo
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,21 +53,38 @@ def dropped(rules: Iterable[Rule | Drop]) -> list[Drop]:
     return [r if isinstance(r, Drop) else Drop(r.pattern) for r in rules]
 
 
-def apply(
-    keys: Iterable[str],
-    get: Callable[[str], torch.Tensor],
+@dataclass(frozen=True)
+class Target:
+    """One model parameter and the checkpoint keys that make it, in concatenation order."""
+
+    name: str
+    sources: tuple[str, ...]
+    reorder: tuple[int, ...] | None = None
+
+    def build(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The parameter from its source tensors (given in `sources` order): concat on dim 0, then reorder."""
+        tensor = torch.cat(list(parts), dim=0) if len(parts) > 1 else parts[0]
+        if self.reorder:
+            chunks = tensor.chunk(len(self.reorder), dim=0)
+            tensor = torch.cat([chunks[i] for i in self.reorder], dim=0)
+        return tensor
+
+
+def plan(
+    shapes: Mapping[str, tuple[int, ...]],
     rules: Iterable[Rule | Drop],
     expected: Mapping[str, tuple[int, ...]],
-) -> dict[str, torch.Tensor]:
-    """Convert checkpoint tensors to a state dict with exactly the `expected` names and shapes.
+) -> list[Target]:
+    """How checkpoint tensors (by name and shape; no data is read) make exactly the `expected` parameters.
 
-    Every key must match exactly one rule and every expected name must be produced exactly once;
-    otherwise one WeightMismatch lists everything missing, left over, ambiguous or misshapen.
+    Every key must match exactly one rule and every expected name must be produced exactly once, with
+    the expected shape (fused targets: parts concatenated on dim 0); otherwise one WeightMismatch lists
+    everything missing, left over, ambiguous or misshapen. Keys matched by a Drop are in no Target.
     """
     rules = list(rules)
     groups: dict[str, list[tuple[Rule, str, str | None]]] = {}
     leftover, ambiguous = [], []
-    for key in sorted(keys):
+    for key in sorted(shapes):
         hits = [(r, m) for r in rules if (m := r.match(key))]
         if len(hits) > 1:
             ambiguous.append(f"{key} (matches {[r.pattern for r, _ in hits]})")
@@ -82,7 +99,8 @@ def apply(
         part = m.group(rule.fuse[0]) if rule.fuse else None
         groups.setdefault(target, []).append((rule, key, part))
 
-    out: dict[str, torch.Tensor] = {}
+    targets: dict[str, Target] = {}
+    produced: dict[str, tuple[int, ...]] = {}
     problems: list[str] = []
     for target, sources in groups.items():
         rule = sources[0][0]
@@ -92,26 +110,29 @@ def apply(
             if sorted(by_part) != sorted(order) or len(sources) != len(order):
                 problems.append(f"{target}: needs parts {list(order)}, found {sorted(by_part)}")
                 continue
-            tensor = torch.cat([get(by_part[p]) for p in order], dim=0)
+            keys = tuple(by_part[p] for p in order)
         elif len(sources) > 1:
             problems.append(f"{target}: produced by several keys {[k for _, k, _ in sources]}")
             continue
         else:
-            tensor = get(sources[0][1])
-        if rule.reorder:
-            if tensor.shape[0] % len(rule.reorder):
-                problems.append(f"{target}: dim 0 of {tuple(tensor.shape)} does not split into {len(rule.reorder)}")
-                continue
-            chunks = tensor.chunk(len(rule.reorder), dim=0)
-            tensor = torch.cat([chunks[i] for i in rule.reorder], dim=0)
-        out[target] = tensor
+            keys = (sources[0][1],)
+        parts = [tuple(shapes[k]) for k in keys]
+        if len(parts) > 1 and any(not s or s[1:] != parts[0][1:] for s in parts):
+            problems.append(f"{target}: parts {dict(zip(keys, parts, strict=True))} do not concatenate on dim 0")
+            continue
+        shape = (sum(s[0] for s in parts), *parts[0][1:]) if len(parts) > 1 else parts[0]
+        if rule.reorder and shape[0] % len(rule.reorder):
+            problems.append(f"{target}: dim 0 of {shape} does not split into {len(rule.reorder)}")
+            continue
+        targets[target] = Target(target, keys, rule.reorder)
+        produced[target] = shape
 
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
+    missing = sorted(set(expected) - set(produced))
+    unexpected = sorted(set(produced) - set(expected))
     misshapen = [
-        f"{n}: checkpoint {tuple(out[n].shape)} vs model {tuple(expected[n])}"
-        for n in sorted(set(out) & set(expected))
-        if tuple(out[n].shape) != tuple(expected[n])
+        f"{n}: checkpoint {produced[n]} vs model {tuple(expected[n])}"
+        for n in sorted(set(produced) & set(expected))
+        if produced[n] != tuple(expected[n])
     ]
     report = [
         ("missing (model parameters no checkpoint tensor fills)", missing),
@@ -129,4 +150,17 @@ def apply(
             + "\nCheck that config.json belongs to these weights; a key that is known but unused needs a "
             "Drop rule in the family's weight table."
         )
-    return out
+    return list(targets.values())
+
+
+def apply(
+    keys: Iterable[str],
+    get: Callable[[str], torch.Tensor],
+    rules: Iterable[Rule | Drop],
+    expected: Mapping[str, tuple[int, ...]],
+) -> dict[str, torch.Tensor]:
+    """Tensors already in memory (`get(key)` for each of `keys`) converted to exactly the `expected`
+    names and shapes (see `plan`). Checkpoints on disk are streamed instead (embzoo.conversion.stream)."""
+    state = {k: get(k) for k in keys}
+    shapes = {k: tuple(t.shape) for k, t in state.items()}
+    return {t.name: t.build([state[k] for k in t.sources]) for t in plan(shapes, rules, expected)}
