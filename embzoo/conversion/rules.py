@@ -9,7 +9,7 @@ into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpo
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -55,19 +55,57 @@ def dropped(rules: Iterable[Rule | Drop]) -> list[Drop]:
 
 @dataclass(frozen=True)
 class Target:
-    """One model parameter and the checkpoint keys that make it, in concatenation order."""
+    """One model parameter of `shape` and the checkpoint keys that fill it, in concatenation order
+    (`rows`: each key's dim-0 size when several are fused; `reorder`: dim-0 chunks permuted at the end)."""
 
     name: str
+    shape: tuple[int, ...]
     sources: tuple[str, ...]
+    rows: tuple[int, ...] = ()
     reorder: tuple[int, ...] | None = None
 
-    def build(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The parameter from its source tensors (given in `sources` order): concat on dim 0, then reorder."""
-        tensor = torch.cat(list(parts), dim=0) if len(parts) > 1 else parts[0]
-        if self.reorder:
-            chunks = tensor.chunk(len(self.reorder), dim=0)
-            tensor = torch.cat([chunks[i] for i in self.reorder], dim=0)
-        return tensor
+    def part(self, out: torch.Tensor, key: str) -> torch.Tensor:
+        """The view of `out` (this target's shape, before reordering) that source `key` fills."""
+        if not self.rows:
+            return out
+        i = self.sources.index(key)
+        return out.narrow(0, sum(self.rows[:i]), self.rows[i])
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """`out`, every source filled, in the model's layout."""
+        if not self.reorder:
+            return out
+        chunks = out.chunk(len(self.reorder), dim=0)
+        return torch.cat([chunks[i] for i in self.reorder], dim=0)
+
+
+class Assembly:
+    """Targets filled from their source tensors, given one at a time in any order. Each target is allocated
+    once, in `dtype` on `device` (None: the first source's), and each source is cast and copied straight
+    into its rows: no tensor given is kept, and no intermediate copy is made."""
+
+    def __init__(
+        self, targets: Iterable[Target], dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> None:
+        self.target_of = {key: t for t in targets for key in t.sources}
+        self.dtype, self.device = dtype, device
+        self.filling: dict[str, tuple[torch.Tensor, set[str]]] = {}
+        self.state: dict[str, torch.Tensor] = {}  # the finished targets
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        """Copy source `key` into its target; the target moves to `state` once its last source is in."""
+        target = self.target_of[key]
+        if target.name not in self.filling:
+            dtype, device = self.dtype or tensor.dtype, self.device or tensor.device
+            self.filling[target.name] = torch.empty(target.shape, dtype=dtype, device=device), set(target.sources)
+        out, left = self.filling[target.name]
+        view = target.part(out, key)
+        if tensor.shape != view.shape:
+            raise WeightMismatch(f"{key}: got shape {tuple(tensor.shape)}, the checkpoint says {tuple(view.shape)}")
+        view.copy_(tensor)
+        left.remove(key)
+        if not left:
+            self.state[target.name] = target.finish(self.filling.pop(target.name)[0])
 
 
 def plan(
@@ -100,7 +138,6 @@ def plan(
         groups.setdefault(target, []).append((rule, key, part))
 
     targets: dict[str, Target] = {}
-    produced: dict[str, tuple[int, ...]] = {}
     problems: list[str] = []
     for target, sources in groups.items():
         rule = sources[0][0]
@@ -124,9 +161,10 @@ def plan(
         if rule.reorder and shape[0] % len(rule.reorder):
             problems.append(f"{target}: dim 0 of {shape} does not split into {len(rule.reorder)}")
             continue
-        targets[target] = Target(target, keys, rule.reorder)
-        produced[target] = shape
+        rows = tuple(p[0] for p in parts) if len(parts) > 1 else ()
+        targets[target] = Target(target, shape, keys, rows, rule.reorder)
 
+    produced = {name: t.shape for name, t in targets.items()}
     missing = sorted(set(expected) - set(produced))
     unexpected = sorted(set(produced) - set(expected))
     misshapen = [
@@ -162,5 +200,7 @@ def apply(
     """Tensors already in memory (`get(key)` for each of `keys`) converted to exactly the `expected`
     names and shapes (see `plan`). Checkpoints on disk are streamed instead (embzoo.conversion.stream)."""
     state = {k: get(k) for k in keys}
-    shapes = {k: tuple(t.shape) for k, t in state.items()}
-    return {t.name: t.build([state[k] for k in t.sources]) for t in plan(shapes, rules, expected)}
+    assembly = Assembly(plan({k: tuple(t.shape) for k, t in state.items()}, rules, expected))
+    for key in assembly.target_of:
+        assembly.add(key, state[key])
+    return assembly.state
