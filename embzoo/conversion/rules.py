@@ -4,6 +4,10 @@ A Rule is an anchored regex with named groups and a target template. Rules with 
 several source tensors into one target (concatenated along dim 0 in the spelled-out order of the
 `fuse` group's values); `reorder` permutes equal chunks of dim 0 (e.g. a fused [up; gate] projection
 into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpose and discarded.
+
+`plan` checks the correspondence from names and shapes alone (no tensor data) and returns the Targets;
+an `Assembly` then fills them as their source tensors arrive, in any order (a shard at a time);
+`apply` does both for tensors already in memory.
 """
 
 from __future__ import annotations
@@ -101,7 +105,10 @@ class Assembly:
         out, left = self.filling[target.name]
         view = target.part(out, key)
         if tensor.shape != view.shape:
-            raise WeightMismatch(f"{key}: got shape {tuple(tensor.shape)}, the checkpoint says {tuple(view.shape)}")
+            raise WeightMismatch(
+                f"{key}: got shape {tuple(tensor.shape)}, the checkpoint says {tuple(view.shape)}; "
+                "a transform must return each tensor in its shape"
+            )
         view.copy_(tensor)
         left.remove(key)
         if not left:
