@@ -99,9 +99,12 @@ def load(
         raise ValueError(
             f"{root}: this model's activations overflow float16; load it with dtype='bfloat16' or 'float32'"
         )
-    backbone, _ = load_backbone(snap, attn_backend=attn_backend, transform=merge)
+    quantize = load_in_8bit or load_in_4bit  # then blocks are loaded on the host and quantized one by one
+    backbone, _ = load_backbone(
+        snap, attn_backend=attn_backend, dtype=dtype, device="cpu" if quantize else device, transform=merge
+    )
     merge.check()
-    learned = load_pooler(snap, dtype)  # a family's own pooler replaces sentence-transformers'
+    learned = load_pooler(snap, dtype=dtype, device=device)  # a family's own pooler replaces sentence-transformers'
     pipe = snap.pipeline
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None and learned is None:
@@ -113,12 +116,12 @@ def load(
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     # a recipe that masks instructions its own way keeps them out of the pool
     include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
-    if load_in_8bit or load_in_4bit:  # block by block from the host: the device never holds every full weight
+    if quantize:  # block by block from the host: the device never holds every full weight
         backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     model = EmbeddingModel(
-        backbone.to(device, dtype),
-        learned.to(device) if learned is not None else Pooler(pooling, include_prompt),
-        [load_dense(d).to(device) for d in pipe.dense],
+        backbone,
+        learned if learned is not None else Pooler(pooling, include_prompt),
+        [load_dense(d, device=device) for d in pipe.dense],
     )
     append_eos = bool(entry and entry.append_eos)
     tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, append_eos=append_eos)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from types import ModuleType
 
 import torch
 from torch import nn
 
-from embzoo.conversion.rules import Rule, apply, dropped
-from embzoo.conversion.snapshot import DenseSpec, Snapshot, open_weights
+from embzoo.conversion.rules import Drop, Rule, dropped
+from embzoo.conversion.snapshot import DenseSpec, Snapshot
+from embzoo.conversion.stream import Transform, load_state
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.heads import ClassificationHead, Dense, dense_activation
 from embzoo.registry import family_for
@@ -30,14 +29,18 @@ def _shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
 
 def load_backbone(
     snapshot: Snapshot,
+    *,
     attn_backend: str | None = None,
     with_head: bool | None = None,
-    transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    transform: Transform | None = None,
 ) -> tuple[Backbone, ClassificationHead | None]:
-    """The backbone (and the classification head when the checkpoint is a classifier), fp32 on CPU.
+    """The backbone (and the classification head when the checkpoint is a classifier) in `dtype` on
+    `device`, streamed from the checkpoint one shard at a time (see embzoo.conversion.stream).
 
-    transform(key, tensor) rewrites each checkpoint tensor as it is read, before renaming and fusing (LoRA
-    merging). Strict: raises WeightMismatch listing missing and left-over tensors.
+    Strict: raises WeightMismatch listing missing and left-over tensors. `transform(name, tensor)` is
+    applied to each consumed checkpoint tensor as it is read, before fusing (LoRA merging).
     """
     family = family_for(snapshot.config)
     arch = family.to_arch(snapshot.config)
@@ -48,12 +51,8 @@ def load_backbone(
         head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
     expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
     rules = family.WEIGHTS + (head_rules if head else dropped(head_rules))
-    keys, read = open_weights(snapshot.weights_dir or snapshot.model_dir)
-
-    def get(key: str) -> torch.Tensor:
-        return read(key) if transform is None else transform(key, read(key))
-
-    state = {n: t.float() for n, t in apply(keys, get, rules, expected).items()}
+    folder = snapshot.weights_dir or snapshot.model_dir
+    state = load_state(folder, rules, expected, dtype=dtype, device=device, transform=transform)
     head_state = {n[len(HEAD_PREFIX) :]: state.pop(n) for n in list(state) if n.startswith(HEAD_PREFIX)}
     backbone.load_state_dict(state, strict=True, assign=True)
     if head is not None:
@@ -61,8 +60,10 @@ def load_backbone(
     return backbone, head
 
 
-def load_pooler(snapshot: Snapshot, dtype: torch.dtype = torch.float32) -> nn.Module | None:
-    """The family's learned pooler (NV-Embed's latent attention) in `dtype` on CPU; None for families
+def load_pooler(
+    snapshot: Snapshot, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> nn.Module | None:
+    """The family's learned pooler (NV-Embed's latent attention) in `dtype` on `device`; None for families
     without one (`pooler(hf)` builds it, POOLER_WEIGHTS fills it from the keys matching POOLER_PREFIX).
 
     Strict over those keys: raises WeightMismatch listing missing and left-over tensors.
@@ -72,10 +73,10 @@ def load_pooler(snapshot: Snapshot, dtype: torch.dtype = torch.float32) -> nn.Mo
         return None
     with torch.device("meta"):
         pooler = family.pooler(snapshot.config)
-    keys, get = open_weights(snapshot.model_dir)
-    owned = [k for k in keys if re.match(family.POOLER_PREFIX, k)]
-    state = apply(owned, get, family.POOLER_WEIGHTS, _shapes(pooler))
-    pooler.load_state_dict({n: t.to(dtype) for n, t in state.items()}, strict=True, assign=True)
+    others = Drop("^(?!" + family.POOLER_PREFIX.removeprefix("^") + ")")  # the backbone's keys
+    rules = [*family.POOLER_WEIGHTS, others]
+    state = load_state(snapshot.weights_dir or snapshot.model_dir, rules, _shapes(pooler), dtype=dtype, device=device)
+    pooler.load_state_dict(state, strict=True, assign=True)
     return pooler
 
 
@@ -89,11 +90,10 @@ def _num_labels(config: dict) -> int:
     return len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
 
 
-def load_dense(spec: DenseSpec) -> Dense:
-    """A sentence-transformers Dense module from its folder, fp32 on CPU."""
+def load_dense(spec: DenseSpec, *, device: torch.device | str = "cpu") -> Dense:
+    """A sentence-transformers Dense module from its folder, fp32 on `device`."""
     with torch.device("meta"):
         dense = Dense(spec.in_features, spec.out_features, spec.bias, dense_activation(spec.activation))
-    keys, get = open_weights(spec.path)
-    state = {n: t.float() for n, t in apply(keys, get, DENSE_WEIGHTS, _shapes(dense)).items()}
+    state = load_state(spec.path, DENSE_WEIGHTS, _shapes(dense), device=device)
     dense.load_state_dict(state, strict=True, assign=True)
     return dense

@@ -4,6 +4,10 @@ A Rule is an anchored regex with named groups and a target template. Rules with 
 several source tensors into one target (concatenated along dim 0 in the spelled-out order of the
 `fuse` group's values); `reorder` permutes equal chunks of dim 0 (e.g. a fused [up; gate] projection
 into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpose and discarded.
+
+`plan` checks the correspondence from names and shapes alone (no tensor data) and returns the Targets;
+an `Assembly` then fills them as their source tensors arrive, in any order (a shard at a time);
+`apply` does both for tensors already in memory.
 """
 
 from __future__ import annotations
@@ -53,21 +57,79 @@ def dropped(rules: Iterable[Rule | Drop]) -> list[Drop]:
     return [r if isinstance(r, Drop) else Drop(r.pattern) for r in rules]
 
 
-def apply(
-    keys: Iterable[str],
-    get: Callable[[str], torch.Tensor],
+@dataclass(frozen=True)
+class Target:
+    """One model parameter of `shape` and the checkpoint keys that fill it, in concatenation order
+    (`rows`: each key's dim-0 size when several are fused; `reorder`: dim-0 chunks permuted at the end)."""
+
+    name: str
+    shape: tuple[int, ...]
+    sources: tuple[str, ...]
+    rows: tuple[int, ...] = ()
+    reorder: tuple[int, ...] | None = None
+
+    def part(self, out: torch.Tensor, key: str) -> torch.Tensor:
+        """The view of `out` (this target's shape, before reordering) that source `key` fills."""
+        if not self.rows:
+            return out
+        i = self.sources.index(key)
+        return out.narrow(0, sum(self.rows[:i]), self.rows[i])
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """`out`, every source filled, in the model's layout."""
+        if not self.reorder:
+            return out
+        chunks = out.chunk(len(self.reorder), dim=0)
+        return torch.cat([chunks[i] for i in self.reorder], dim=0)
+
+
+class Assembly:
+    """Targets filled from their source tensors, given one at a time in any order. Each target is allocated
+    once, in `dtype` on `device` (None: the first source's), and each source is cast and copied straight
+    into its rows: no tensor given is kept, and no intermediate copy is made."""
+
+    def __init__(
+        self, targets: Iterable[Target], dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> None:
+        self.target_of = {key: t for t in targets for key in t.sources}
+        self.dtype, self.device = dtype, device
+        self.filling: dict[str, tuple[torch.Tensor, set[str]]] = {}
+        self.state: dict[str, torch.Tensor] = {}  # the finished targets
+
+    def add(self, key: str, tensor: torch.Tensor) -> None:
+        """Copy source `key` into its target; the target moves to `state` once its last source is in."""
+        target = self.target_of[key]
+        if target.name not in self.filling:
+            dtype, device = self.dtype or tensor.dtype, self.device or tensor.device
+            self.filling[target.name] = torch.empty(target.shape, dtype=dtype, device=device), set(target.sources)
+        out, left = self.filling[target.name]
+        view = target.part(out, key)
+        if tensor.shape != view.shape:
+            raise WeightMismatch(
+                f"{key}: got shape {tuple(tensor.shape)}, the checkpoint says {tuple(view.shape)}; "
+                "a transform must return each tensor in its shape"
+            )
+        view.copy_(tensor)
+        left.remove(key)
+        if not left:
+            self.state[target.name] = target.finish(self.filling.pop(target.name)[0])
+
+
+def plan(
+    shapes: Mapping[str, tuple[int, ...]],
     rules: Iterable[Rule | Drop],
     expected: Mapping[str, tuple[int, ...]],
-) -> dict[str, torch.Tensor]:
-    """Convert checkpoint tensors to a state dict with exactly the `expected` names and shapes.
+) -> list[Target]:
+    """How checkpoint tensors (by name and shape; no data is read) make exactly the `expected` parameters.
 
-    Every key must match exactly one rule and every expected name must be produced exactly once;
-    otherwise one WeightMismatch lists everything missing, left over, ambiguous or misshapen.
+    Every key must match exactly one rule and every expected name must be produced exactly once, with
+    the expected shape (fused targets: parts concatenated on dim 0); otherwise one WeightMismatch lists
+    everything missing, left over, ambiguous or misshapen. Keys matched by a Drop are in no Target.
     """
     rules = list(rules)
     groups: dict[str, list[tuple[Rule, str, str | None]]] = {}
     leftover, ambiguous = [], []
-    for key in sorted(keys):
+    for key in sorted(shapes):
         hits = [(r, m) for r in rules if (m := r.match(key))]
         if len(hits) > 1:
             ambiguous.append(f"{key} (matches {[r.pattern for r, _ in hits]})")
@@ -82,7 +144,7 @@ def apply(
         part = m.group(rule.fuse[0]) if rule.fuse else None
         groups.setdefault(target, []).append((rule, key, part))
 
-    out: dict[str, torch.Tensor] = {}
+    targets: dict[str, Target] = {}
     problems: list[str] = []
     for target, sources in groups.items():
         rule = sources[0][0]
@@ -92,26 +154,30 @@ def apply(
             if sorted(by_part) != sorted(order) or len(sources) != len(order):
                 problems.append(f"{target}: needs parts {list(order)}, found {sorted(by_part)}")
                 continue
-            tensor = torch.cat([get(by_part[p]) for p in order], dim=0)
+            keys = tuple(by_part[p] for p in order)
         elif len(sources) > 1:
             problems.append(f"{target}: produced by several keys {[k for _, k, _ in sources]}")
             continue
         else:
-            tensor = get(sources[0][1])
-        if rule.reorder:
-            if tensor.shape[0] % len(rule.reorder):
-                problems.append(f"{target}: dim 0 of {tuple(tensor.shape)} does not split into {len(rule.reorder)}")
-                continue
-            chunks = tensor.chunk(len(rule.reorder), dim=0)
-            tensor = torch.cat([chunks[i] for i in rule.reorder], dim=0)
-        out[target] = tensor
+            keys = (sources[0][1],)
+        parts = [tuple(shapes[k]) for k in keys]
+        if len(parts) > 1 and any(not s or s[1:] != parts[0][1:] for s in parts):
+            problems.append(f"{target}: parts {dict(zip(keys, parts, strict=True))} do not concatenate on dim 0")
+            continue
+        shape = (sum(s[0] for s in parts), *parts[0][1:]) if len(parts) > 1 else parts[0]
+        if rule.reorder and shape[0] % len(rule.reorder):
+            problems.append(f"{target}: dim 0 of {shape} does not split into {len(rule.reorder)}")
+            continue
+        rows = tuple(p[0] for p in parts) if len(parts) > 1 else ()
+        targets[target] = Target(target, shape, keys, rows, rule.reorder)
 
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
+    produced = {name: t.shape for name, t in targets.items()}
+    missing = sorted(set(expected) - set(produced))
+    unexpected = sorted(set(produced) - set(expected))
     misshapen = [
-        f"{n}: checkpoint {tuple(out[n].shape)} vs model {tuple(expected[n])}"
-        for n in sorted(set(out) & set(expected))
-        if tuple(out[n].shape) != tuple(expected[n])
+        f"{n}: checkpoint {produced[n]} vs model {tuple(expected[n])}"
+        for n in sorted(set(produced) & set(expected))
+        if produced[n] != tuple(expected[n])
     ]
     report = [
         ("missing (model parameters no checkpoint tensor fills)", missing),
@@ -129,4 +195,19 @@ def apply(
             + "\nCheck that config.json belongs to these weights; a key that is known but unused needs a "
             "Drop rule in the family's weight table."
         )
-    return out
+    return list(targets.values())
+
+
+def apply(
+    keys: Iterable[str],
+    get: Callable[[str], torch.Tensor],
+    rules: Iterable[Rule | Drop],
+    expected: Mapping[str, tuple[int, ...]],
+) -> dict[str, torch.Tensor]:
+    """Tensors already in memory (`get(key)` for each of `keys`) converted to exactly the `expected`
+    names and shapes (see `plan`). Checkpoints on disk are streamed instead (embzoo.conversion.stream)."""
+    state = {k: get(k) for k in keys}
+    assembly = Assembly(plan({k: tuple(t.shape) for k, t in state.items()}, rules, expected))
+    for key in assembly.target_of:
+        assembly.add(key, state[key])
+    return assembly.state

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,26 +207,48 @@ def _shards(folder: Path, index_name: str) -> list[Path]:
     return [folder / f for f in sorted(set(index["weight_map"].values()))]
 
 
-def open_weights(folder: Path) -> tuple[list[str], Callable[[str], torch.Tensor]]:
-    """All tensor names in the folder's weights and a loader for one tensor (read lazily)."""
+@dataclass(frozen=True)
+class WeightFile:
+    """One weights file (a shard or the whole checkpoint): its tensors' shapes, read from the header."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]  # by tensor name (TF-era gamma/beta renamed weight/bias)
+    stored: dict[str, str]  # tensor name → the key in the file
+
+
+def weight_files(folder: Path) -> list[WeightFile]:
+    """The folder's weights files (shards in index order) with every tensor's name and shape; no data read."""
     present = [f for f in WEIGHT_FILES if (folder / f).is_file()]
     if not present:
         raise SnapshotError(f"no weights in {folder}: looked for {list(WEIGHT_FILES)}")
     first = present[0]
     files = _shards(folder, first) if first.endswith(".index.json") else [folder / first]
-    where: dict[str, Callable[[str], torch.Tensor]] = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            handle = safe_open(str(file), framework="pt")
-            for key in handle.keys():  # noqa: SIM118 - safe_open handles are not mappings
-                where[key] = handle.get_tensor
-        else:  # legacy .bin: weights_only never unpickles code; mmap needs the zip format (torch >= 1.6)
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:
-                state = torch.load(file, map_location="cpu", weights_only=True)
-            for key in state:
-                where[key] = state.__getitem__
+    return [_header(file) for file in files]
+
+
+def _header(file: Path) -> WeightFile:
+    if file.suffix == ".safetensors":
+        with safe_open(str(file), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    else:  # a meta map_location builds the tensors without their data
+        shapes = {key: tuple(t.shape) for key, t in torch.load(file, map_location="meta", weights_only=True).items()}
     # TF-era checkpoints name LayerNorm parameters gamma/beta; transformers renames them on load too
-    names = {LEGACY_NORM_NAME.sub(lambda m: LEGACY_NORM_PARAMS[m.group(1)], key): key for key in where}
-    return sorted(names), lambda name: where[names[name]](names[name])
+    stored = {LEGACY_NORM_NAME.sub(lambda m: LEGACY_NORM_PARAMS[m.group(1)], key): key for key in shapes}
+    return WeightFile(file, {name: shapes[key] for name, key in stored.items()}, stored)
+
+
+def read_weights(file: WeightFile, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for each of `names`, on CPU in the stored dtype. The tensors may share memory with
+    the file's mapping, which is released when the iterator is exhausted and they are dropped."""
+    if file.path.suffix == ".safetensors":
+        with safe_open(str(file.path), framework="pt") as handle:
+            for name in names:
+                yield name, handle.get_tensor(file.stored[name])
+        return
+    # legacy .bin: weights_only never unpickles code; mmap needs the zip format (torch >= 1.6)
+    try:
+        state = torch.load(file.path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        state = torch.load(file.path, map_location="cpu", weights_only=True)
+    for name in names:
+        yield name, state.pop(file.stored[name])

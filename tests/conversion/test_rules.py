@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from embzoo.conversion.rules import Drop, Rule, WeightMismatch, apply
+from embzoo.conversion.rules import Drop, Rule, Target, WeightMismatch, apply, plan
 
 
 def run(state, rules, expected):
@@ -30,3 +30,14 @@ def test_one_error_lists_missing_leftover_and_ambiguous():
     assert "missing" in text and "'c'" in text
     assert "left over" in text and "'z'" in text
     assert "ambiguous" in text and "x (matches" in text
+
+
+def test_plan_sizes_fused_targets_from_shapes_alone():
+    """Planning needs only names and shapes (safetensors headers): fused parts add up on dim 0."""
+    rules = [Rule(r"^a\.(?P<part>q|k)$", "qk", fuse=("part", ("q", "k")))]
+    shapes = {"a.k": (1, 3), "a.q": (2, 3)}
+    assert plan(shapes, rules, {"qk": (3, 3)}) == [Target("qk", (3, 3), ("a.q", "a.k"), (2, 1))]
+    with pytest.raises(WeightMismatch, match=r"qk: checkpoint \(3, 3\) vs model \(4, 3\)"):
+        plan(shapes, rules, {"qk": (4, 3)})
+    with pytest.raises(WeightMismatch, match=r"inconsistent: .*qk: parts .* do not concatenate on dim 0"):
+        plan({"a.k": (1, 4), "a.q": (2, 3)}, rules, {"qk": (3, 3)})
