@@ -6,7 +6,8 @@
 #   bash bench/device_check.sh
 #
 # Env: OUT     folder for the logs and JSON (the device tool sets it; default ./device_out)
-#      TOK     folder holding the MiniLM tokenizer files (default .tok; TEXT and the tokenizer tests need it)
+#      TOK     folder holding the MiniLM tokenizer files (default .tok, else build/carry/tok; TEXT and the
+#              tokenizer tests need it)
 #      BUDGET  seconds for all stages together (default 470: the script ends within ~8 minutes)
 #      SMOKE   set (SMOKE=1) to run the benchmarks with --smoke: a CPU check of this script
 # Writes $OUT/device_check.log (everything printed), dec.json, enc.json, text.json (bench_core.py --out,
@@ -14,11 +15,15 @@
 set -u -o pipefail
 
 OUT=${OUT:-$PWD/device_out}
-TOK=${TOK:-.tok}
+TOK=${TOK:-$([[ -d .tok ]] && echo .tok || echo build/carry/tok)}
 BUDGET=${BUDGET:-470}
 mkdir -p "$OUT"
 
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# bitsandbytes is not in the device image: a carried copy (build/carry, see tests/test_quantized_linear.py)
+if ! python -c "import bitsandbytes" 2>/dev/null && [[ -d build/carry/bitsandbytes ]]; then
+    export PYTHONPATH=$PYTHONPATH:$PWD/build/carry
+fi
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export EMBZOO_TEST_TOKENIZER=$TOK
 unset EMBZOO_ATTENTION EMBZOO_KERNELS
