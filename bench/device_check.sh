@@ -86,7 +86,7 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
 # at its limit still prints its failures and writes its JUnit file
 PYTEST=(python -c 'import signal, sys, pytest
 signal.signal(signal.SIGINT, signal.default_int_handler)
-sys.exit(pytest.main(sys.argv[1:]))' -m gpu -q -p no:cacheprovider --maxfail=5 -rfE --durations=10)
+sys.exit(pytest.main(sys.argv[1:]))' -m gpu -q -p no:cacheprovider --maxfail=5 -rfE --durations=10 --continue-on-collection-errors)
 BENCH=(python bench/bench_core.py --repeats 2 ${SMOKE:+--smoke})
 
 run_all() {

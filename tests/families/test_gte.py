@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from conftest import padded, ragged_ids
 from safetensors.torch import save_file
-from transformers import GteConfig, GteForSequenceClassification, GteForTokenClassification, GteModel
+
+try:
+    from transformers import GteConfig, GteForSequenceClassification, GteForTokenClassification, GteModel
+except ImportError:  # older transformers (the device machine's 5.17) have no Gte classes
+    pytest.skip("this transformers version has no Gte* classes (the parity reference)", allow_module_level=True)
 
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import gte
