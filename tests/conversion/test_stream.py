@@ -177,7 +177,7 @@ with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak (VmHWM) to the current RSS
 before = status("VmRSS")
 backbone, _ = load_backbone(snapshot, dtype=torch.bfloat16, device=device)
-assert {(p.dtype, p.device) for p in backbone.parameters()} == {(torch.bfloat16, device)}
+assert {(p.dtype, p.device.type) for p in backbone.parameters()} == {(torch.bfloat16, device.type)}
 print(before, status("VmHWM"), sum(p.nbytes for p in backbone.parameters()))
 """
 SLACK_MB = 32  # allocator and interpreter noise
