@@ -24,16 +24,16 @@ from embzoo.modeling.backbone import Backbone  # noqa: E402
 from embzoo.modeling.batch import PackedBatch  # noqa: E402
 from embzoo.packing import token_budget_batches  # noqa: E402
 
-CATEGORIES = (  # kernel-name substrings → category, first match wins
+CATEGORIES = (  # kernel-name substrings → category, first match wins; the rest are embzoo's Triton kernels
     ("attention", ("flash", "fmha", "attention", "attn")),
-    ("gemm", ("gemm", "sm90_xmma", "cutlass", "cublas", "nvjet")),
-    ("triton", ("triton", "_rotary", "_kernel")),
+    ("gemm", ("gemm", "xmma", "cutlass", "cublas", "nvjet")),
+    ("aten elementwise/norm/copy", ("at::native", "memset", "memcpy")),
 )
 
 
 def category(name: str) -> str:
     low = name.lower()
-    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "other")
+    return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), "triton")
 
 
 @torch.inference_mode()
