@@ -47,6 +47,7 @@ class Embedder:
         matryoshka_layer_norm: bool = False,
         instruction_template: str = "",
         instruction_mask: str = "prompt",
+        text_suffix: str = "",
         name: str = "",
     ):
         self.model = model.eval()
@@ -64,6 +65,7 @@ class Embedder:
         if instruction_mask not in INSTRUCTION_MASKS:
             raise ValueError(f"instruction_mask {instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
         self.instruction_mask = instruction_mask
+        self.text_suffix = text_suffix
         self.name = name
 
     @property
@@ -179,7 +181,7 @@ class Embedder:
         if self.model.pooler.include_prompt:
             return None
         if self.instruction_mask == "text_tokens":
-            counts = np.asarray(self.tokenizer.token_counts(texts))
+            counts = np.asarray(self.tokenizer.token_counts([t + self.text_suffix for t in texts]))
             return np.maximum(np.asarray([len(s) for s in ids]) - counts, 0)
         if not prefix:
             return None
@@ -193,7 +195,7 @@ class Embedder:
     def _run(
         self, texts: list[str], prefix: str, batch_tokens: int, show: bool, tokens: bool
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Tokenize prefix + text chunk by chunk and forward each chunk in length-sorted token-budget batches.
+        """Tokenize prefix + text + text_suffix chunk by chunk and forward each chunk in length-sorted token-budget batches.
 
         GPU work is queued asynchronously, so the next chunk is tokenized while the device computes;
         the only host sync is the final reorder into the caller's order.
@@ -205,7 +207,7 @@ class Embedder:
         with tqdm(total=len(texts), disable=not show, desc="embzoo encode", unit="text") as bar:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
                 chunk = texts[start : start + TOKENIZE_CHUNK]
-                ids, cut = self.tokenizer.encode([prefix + t for t in chunk] if prefix else chunk)
+                ids, cut = self.tokenizer.encode([prefix + t + self.text_suffix for t in chunk])
                 skips = self._pool_skips(chunk, prefix, ids)
                 truncated += cut
                 for idx in token_budget_batches([len(s) for s in ids], batch_tokens):

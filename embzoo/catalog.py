@@ -33,7 +33,13 @@ QWEN3_TEMPLATE = "Instruct: {instruction}\nQuery:"  # no space after "Query:"
 INSTRUCT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: "  # gte-Qwen2, e5-mistral, SFR, NV-Embed
 GEMMA_TEMPLATE = "task: {instruction} | query: "  # EmbeddingGemma
 BGE_GEMMA2_TEMPLATE = "<instruct>{instruction}\n<query>"
-LLM2VEC_TEMPLATE = "{instruction} "  # LLM2Vec joins f"{instruction.strip()} " and the text
+# LLM2Vec joins f"{instruction.strip()} " and the text (nothing without an instruction), inside the base
+# model's chat wrapping (llm2vec's prepare_for_tokenization); the wrapping's end is the text suffix
+LLM2VEC_WRAPS = {
+    "Mistral-7B-Instruct-v2": ("[INST] ", " [/INST]"),
+    "Meta-Llama-3-8B-Instruct": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
+}
+QWEN_END = "<|endoftext|>"  # Qwen embedders end inputs with it (their eos_token is <|im_end|>, a different one)
 WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query"
 INSTRUCTION_MASKS = ("prompt", "prompt_tokens", "text_tokens")
 
@@ -57,13 +63,14 @@ class CatalogEntry:
     matryoshka_layer_norm: bool = False  # with `dimensions`: non-affine layer norm before truncating
     summary: str = ""
     instruction_template: str = ""  # encode(instruction=...) → prompt template.format(instruction=...)
-    append_eos: bool = False  # every input ends with the tokenizer's EOS (added when its tokenizer doesn't)
+    end_token: str = ""  # every input ends with this token (appended unless the tokenizer's template adds it)
     # tokens kept out of the pool when a prompt is given (Pooler include_prompt=False or a learned pooler):
     # "prompt" = the prompt's tokens with leading special tokens (sentence-transformers); "prompt_tokens" =
     # as many leading positions as the prompt has tokens without special ones (NV-Embed's pool_mask);
     # "text_tokens" = all but the text's own tokens, counted from the end (LLM2Vec's embed_mask)
     instruction_mask: str = "prompt"
     config_overrides: dict[str, Any] = field(default_factory=dict)  # merged into config.json before conversion
+    text_suffix: str = ""  # appended to every text (after it, before any end_token): LLM2Vec's chat wrapping
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
@@ -106,34 +113,34 @@ def _entries() -> list[CatalogEntry]:
     ]
     for size, dim in (("0.6B", 1024), ("4B", 2560), ("8B", 4096)):
         out.append(e(f"Qwen/Qwen3-Embedding-{size}", "llama", ("lasttoken",), dim, 32768, "apache-2.0", "multilingual",
-                     instructed(QWEN3_TEMPLATE, WEB_SEARCH), instruction_template=QWEN3_TEMPLATE, append_eos=True,
+                     instructed(QWEN3_TEMPLATE, WEB_SEARCH), instruction_template=QWEN3_TEMPLATE, end_token=QWEN_END,
                      summary="Qwen3 embedder (causal, last token, EOS appended); queries take an instruction; MRL."))
     for size, dim in (("1.5B", 1536), ("7B", 3584)):
         out.append(e(f"Alibaba-NLP/gte-Qwen2-{size}-instruct", "llama", ("lasttoken",), dim, 32768, "apache-2.0",
                      "multilingual", instructed(INSTRUCT_QUERY_TEMPLATE, WEB_SEARCH),
-                     instruction_template=INSTRUCT_QUERY_TEMPLATE, append_eos=True,
+                     instruction_template=INSTRUCT_QUERY_TEMPLATE, end_token=QWEN_END,
                      config_overrides={"is_causal": False},
                      summary="gte-Qwen2 (bidirectional Qwen2, last token, EOS appended); queries take an instruction."))
     for hub_id, license_ in (("intfloat/e5-mistral-7b-instruct", "mit"), ("Salesforce/SFR-Embedding-Mistral",
                                                                           "cc-by-nc-4.0")):
         out.append(e(hub_id, "llama", ("lasttoken",), 4096, 4096, license_, "en",
                      instructed(INSTRUCT_QUERY_TEMPLATE, WEB_SEARCH), instruction_template=INSTRUCT_QUERY_TEMPLATE,
-                     append_eos=True, summary="Mistral-7B embedder (causal, last token, EOS appended); "
+                     end_token="</s>", summary="Mistral-7B embedder (causal, last token, EOS appended); "
                      "queries take an instruction."))
     out.append(e("nvidia/NV-Embed-v2", "nv_embed", ("mean",), 4096, 32768, "cc-by-nc-4.0", "en",
                  instructed(INSTRUCT_QUERY_TEMPLATE, "Given a question, retrieve passages that answer the question"),
-                 instruction_template=INSTRUCT_QUERY_TEMPLATE, append_eos=True, instruction_mask="prompt_tokens",
+                 instruction_template=INSTRUCT_QUERY_TEMPLATE, end_token="</s>", instruction_mask="prompt_tokens",
                  summary="NV-Embed-v2 (bidirectional Mistral + latent-attention pooling); queries take instructions."))
-    for hub_id in ("McGill-NLP/LLM2Vec-Mistral-7B-Instruct-v2-mntp-supervised",
-                   "McGill-NLP/LLM2Vec-Meta-Llama-3-8B-Instruct-mntp-supervised"):
-        out.append(e(hub_id, "llama", ("mean",), 4096, 512, "mit", "en",
-                     instructed(LLM2VEC_TEMPLATE, WEB_SEARCH + ":", document=" "), normalize=False,
-                     instruction_template=LLM2VEC_TEMPLATE, instruction_mask="text_tokens",
+    for base, (wrap, suffix) in LLM2VEC_WRAPS.items():
+        template = wrap + "{instruction} "
+        out.append(e(f"McGill-NLP/LLM2Vec-{base}-mntp-supervised", "llama", ("mean",), 4096, 512, "mit", "en",
+                     instructed(template, WEB_SEARCH + ":", document=wrap), normalize=False,
+                     instruction_template=template, instruction_mask="text_tokens", text_suffix=suffix,
                      config_overrides={"is_causal": False},
                      summary="LLM2Vec (bidirectional, MNTP + supervised LoRA merged); mean over the text tokens only."))
     out.append(e("google/embeddinggemma-300m", "gemma2", ("mean",), 768, 2048, "gemma", "multilingual",
                  instructed(GEMMA_TEMPLATE, "search result", document="title: none | text: "),
-                 instruction_template=GEMMA_TEMPLATE, append_eos=True,
+                 instruction_template=GEMMA_TEMPLATE, end_token="<eos>",
                  summary="EmbeddingGemma (bidirectional Gemma3, mean → 2 Dense → normalize); MRL 768/512/256/128."))
     out.append(e("BAAI/bge-multilingual-gemma2", "gemma2", ("lasttoken",), 3584, 8192, "gemma", "multilingual",
                  instructed(BGE_GEMMA2_TEMPLATE, WEB_SEARCH), instruction_template=BGE_GEMMA2_TEMPLATE,

@@ -123,8 +123,8 @@ def load(
         learned if learned is not None else Pooler(pooling, include_prompt),
         [load_dense(d, device=device) for d in pipe.dense],
     )
-    append_eos = bool(entry and entry.append_eos)
-    tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, append_eos=append_eos)
+    end_token = entry.end_token if entry else ""
+    tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, end_token=end_token)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     return Embedder(
         model,
@@ -135,5 +135,6 @@ def load(
         matryoshka_layer_norm=bool(entry and entry.matryoshka_layer_norm),
         instruction_template=entry.instruction_template if entry else "",
         instruction_mask=entry.instruction_mask if entry else "prompt",
+        text_suffix=entry.text_suffix if entry else "",
         name=name,
     )

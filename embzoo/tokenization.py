@@ -15,8 +15,9 @@ class TextTokenizer:
     """Batched tokenization (the Rust tokenizer's thread pool), special tokens added, truncation to
     max_length tokens; callers report truncation once per call with warn_truncated.
 
-    append_eos_id: every sequence ends with this id (e5-mistral, NV-Embed): appended after truncating to
-    max_length - 1, unless the tokenizer's own template already ends sequences with it (Qwen3-Embedding).
+    end_id: every sequence ends with this token id (e5-mistral's and NV-Embed's EOS): appended after
+    truncating to max_length - 1, unless the tokenizer's own template already ends sequences with it
+    (Qwen3-Embedding's <|endoftext|>).
     """
 
     def __init__(
@@ -25,32 +26,34 @@ class TextTokenizer:
         max_length: int,
         special_ids: set[int],
         lowercase: bool = False,
-        append_eos_id: int | None = None,
+        end_id: int | None = None,
     ):
         self.backend = backend
         self.backend.no_padding()
         self.max_length = max_length
         self.special_ids = special_ids
         self.lowercase = lowercase
-        if append_eos_id is not None and backend.encode("a", add_special_tokens=True).ids[-1:] == [append_eos_id]:
-            append_eos_id = None  # the template appends it already
-        self.append_eos_id = append_eos_id
-        self.backend.enable_truncation(max_length=max_length - (append_eos_id is not None))
+        if end_id is not None and backend.encode("a", add_special_tokens=True).ids[-1:] == [end_id]:
+            end_id = None  # the template appends it already
+        self.end_id = end_id
+        self.backend.enable_truncation(max_length=max_length - (end_id is not None))
 
     @classmethod
     def from_folder(
-        cls, folder: Path, max_length: int, lowercase: bool = False, append_eos: bool = False
+        cls, folder: Path, max_length: int, lowercase: bool = False, end_token: str = ""
     ) -> TextTokenizer:
-        """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files)."""
+        """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files); end_token: the
+        token every input must end with ("" = none)."""
         from transformers import AutoTokenizer
 
         hf = AutoTokenizer.from_pretrained(str(folder))
         if not getattr(hf, "is_fast", False):
             raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
-        if append_eos and hf.eos_token_id is None:
-            raise ValueError(f"{folder}: the model appends EOS to every input, but its tokenizer defines no eos_token")
         backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-        return cls(backend, max_length, set(hf.all_special_ids), lowercase, hf.eos_token_id if append_eos else None)
+        end_id = backend.token_to_id(end_token) if end_token else None
+        if end_token and end_id is None:
+            raise ValueError(f"{folder}: inputs of this model end with {end_token!r}, which its tokenizer lacks")
+        return cls(backend, max_length, set(hf.all_special_ids), lowercase, end_id)
 
     def _texts(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)
@@ -59,8 +62,8 @@ class TextTokenizer:
         """Token ids per text, and how many texts were truncated."""
         encodings = self.backend.encode_batch(self._texts(texts), add_special_tokens=True)
         ids = [e.ids for e in encodings]
-        if self.append_eos_id is not None:
-            ids = [s + [self.append_eos_id] for s in ids]
+        if self.end_id is not None:
+            ids = [s + [self.end_id] for s in ids]
         return ids, sum(1 for e in encodings if e.overflowing)
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:

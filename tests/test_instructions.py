@@ -55,8 +55,12 @@ def test_templates_and_document_prompts():
     )
     assert lookup("nvidia/NV-Embed-v2").instruction_mask == "prompt_tokens"
     assert lookup("Alibaba-NLP/gte-Qwen2-1.5B-instruct").config_overrides == {"is_causal": False}
-    for hub_id in ("Qwen/Qwen3-Embedding-0.6B", "intfloat/e5-mistral-7b-instruct", "nvidia/NV-Embed-v2"):
-        assert lookup(hub_id).append_eos
+    # Qwen's eos_token is <|im_end|>, but its embedders end inputs with <|endoftext|> (FAMILIES.md §7)
+    for hub_id in ("Qwen/Qwen3-Embedding-0.6B", "Alibaba-NLP/gte-Qwen2-7B-instruct"):
+        assert lookup(hub_id).end_token == "<|endoftext|>"
+    for hub_id in ("intfloat/e5-mistral-7b-instruct", "nvidia/NV-Embed-v2"):
+        assert lookup(hub_id).end_token == "</s>"
+    assert lookup("BAAI/bge-multilingual-gemma2").end_token == ""
 
 
 def word_tokenizer(template_eos: bool) -> Tokenizer:
@@ -70,14 +74,14 @@ def word_tokenizer(template_eos: bool) -> Tokenizer:
 
 
 def test_eos_is_appended_after_truncating_to_make_room():
-    tok = TextTokenizer(word_tokenizer(False), max_length=4, special_ids={1, 2}, append_eos_id=2)
+    tok = TextTokenizer(word_tokenizer(False), max_length=4, special_ids={1, 2}, end_id=2)
     ids, cut = tok.encode(["a b", "a b c d e"])
     assert ids == [[1, 3, 4, 2], [1, 3, 4, 2]] and cut == 1
 
 
 def test_eos_is_not_doubled_when_the_template_appends_it():
-    tok = TextTokenizer(word_tokenizer(True), max_length=4, special_ids={1, 2}, append_eos_id=2)
-    assert tok.append_eos_id is None
+    tok = TextTokenizer(word_tokenizer(True), max_length=4, special_ids={1, 2}, end_id=2)
+    assert tok.end_id is None
     assert tok.encode(["a", "a b c d"]) == ([[1, 3, 2], [1, 3, 4, 2]], 1)
 
 
@@ -86,23 +90,40 @@ def test_token_counts_exclude_special_tokens():
     assert tok.token_counts(["a b c", "", "d"]) == [3, 0, 1]
 
 
+ENDOFTEXT = 30522  # the id <|endoftext|> gets in the fixture's tokenizer
+
+
 @pytest.fixture
 def qwen3_folder(make_checkpoint):
-    """A tiny Qwen3 checkpoint with MiniLM's tokenizer; [MASK] (103) plays EOS, so it gets appended."""
-    folder, _ = make_checkpoint(Qwen3Model, Qwen3Config(**TINY_QWEN3))
+    """A tiny Qwen3 checkpoint with MiniLM's tokenizer (its template ends inputs with [SEP], 102) plus the
+    special token <|endoftext|>; its eos_token is [MASK] (103), as Qwen's names <|im_end|>, not the end token."""
+    folder, _ = make_checkpoint(Qwen3Model, Qwen3Config(**TINY_QWEN3 | {"vocab_size": 30528}))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(folder / "tokenizer.json"))
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg | {"eos_token": "[MASK]"}))
     return folder
 
 
+def test_end_token_is_the_recipes_not_the_tokenizers_eos(qwen3_folder):
+    m = embzoo.load(qwen3_folder, recipe="Qwen/Qwen3-Embedding-0.6B")
+    assert m.tokenizer.end_id == ENDOFTEXT and m.tokenizer.encode(["hello"])[0][0][-2:] == [102, ENDOFTEXT]
+    tok = TextTokenizer.from_folder(qwen3_folder, 16, end_token="[SEP]")  # the template ends with it already
+    assert tok.end_id is None and tok.encode(["hello"])[0][0][-1] == 102
+    with pytest.raises(ValueError, match="end with '<nope>', which its tokenizer lacks"):
+        TextTokenizer.from_folder(qwen3_folder, 16, end_token="<nope>")
+
+
 def test_recipe_applies_a_catalog_entry_to_a_local_folder(qwen3_folder):
-    m = embzoo.load(qwen3_folder, recipe="Alibaba-NLP/gte-Qwen2-1.5B-instruct")
-    assert m.model.backbone.cfg.causal is False  # the recipe's config override
+    m = embzoo.load(qwen3_folder, recipe="Qwen/Qwen3-Embedding-0.6B", config_overrides={"is_causal": False})
+    assert m.model.backbone.cfg.causal is False
     assert m.model.pooler.modes == ("lasttoken",) and m.normalize
-    assert m.tokenizer.append_eos_id == 103
-    assert m.tokenizer.encode(["hello"])[0][0][-2:] == [102, 103]
+    assert m.instruction_template == "Instruct: {instruction}\nQuery:"
     plain = embzoo.load(qwen3_folder)
-    assert plain.model.backbone.cfg.causal is True and plain.tokenizer.append_eos_id is None
+    assert plain.model.backbone.cfg.causal is True and plain.tokenizer.end_id is None
+    qwen2 = embzoo.load(qwen3_folder, recipe="Alibaba-NLP/gte-Qwen2-1.5B-instruct")
+    assert qwen2.model.backbone.cfg.causal is False  # the recipe's own config override
     forced = embzoo.load(qwen3_folder, config_overrides={"is_causal": False})
     assert forced.model.backbone.cfg.causal is False
     with pytest.raises(ValueError, match="not in the catalog"):
@@ -155,3 +176,33 @@ def test_last_token_pooling_reads_the_appended_eos(qwen3_folder):
     vectors = m.encode(["hello there", "x"], normalize=False)
     for v, s in zip(vectors, states, strict=True):
         np.testing.assert_allclose(v, s[-1], atol=1e-6)
+
+
+def llm2vec_reference_text(instruction: str, text: str, wrap: str, suffix: str) -> tuple[str, str]:
+    """llm2vec's input and pooled part: _convert_to_str, prepare_for_tokenization, then tokenize()'s split."""
+    joined = f"{instruction.strip()} !@#$%^&*(){text}" if instruction else f"!@#$%^&*(){text}"
+    prepared = wrap + joined.strip() + suffix
+    before, after = prepared.split("!@#$%^&*()")
+    return before + after, after
+
+
+@pytest.mark.parametrize(
+    "instruction", ["", "Given a web search query, retrieve relevant passages that answer the query:"]
+)
+def test_llm2vec_recipe_matches_its_input_construction(qwen3_folder, instruction):
+    entry = lookup("McGill-NLP/LLM2Vec-Mistral-7B-Instruct-v2-mntp-supervised")
+    text = "how do rotary embeddings work"
+    full, pooled = llm2vec_reference_text(instruction, text, "[INST] ", " [/INST]")
+    prompt = entry.instruction_template.format(instruction=instruction) if instruction else entry.prompts["document"]
+    assert prompt + text + entry.text_suffix == full
+    assert text + entry.text_suffix == pooled
+    default, _ = llm2vec_reference_text(WEB_SEARCH, text, "[INST] ", " [/INST]")
+    assert entry.prompts["query"] + text + entry.text_suffix == default
+    m = embzoo.load(qwen3_folder, recipe=entry.hub_id)
+    vector = m.encode(text, prompt=prompt)
+    hf = m.tokenizer.backend
+    states = m.encode(text, prompt=prompt, output="tokens")
+    assert len(states) == len(hf.encode(full).ids)
+    np.testing.assert_allclose(
+        vector, states[-len(hf.encode(pooled, add_special_tokens=False).ids) :].mean(0), atol=1e-5
+    )
