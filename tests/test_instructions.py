@@ -186,9 +186,10 @@ def llm2vec_reference_text(instruction: str, text: str, wrap: str, suffix: str) 
     return before + after, after
 
 
-@pytest.mark.parametrize(
-    "instruction", ["", "Given a web search query, retrieve relevant passages that answer the query:"]
-)
+LLM2VEC_QUERY = "Given a web search query, retrieve relevant passages that answer the query:"  # llm2vec README
+
+
+@pytest.mark.parametrize("instruction", ["", "Retrieve duplicate questions from StackOverflow forum"])
 def test_llm2vec_recipe_matches_its_input_construction(qwen3_folder, instruction):
     entry = lookup("McGill-NLP/LLM2Vec-Mistral-7B-Instruct-v2-mntp-supervised")
     text = "how do rotary embeddings work"
@@ -196,7 +197,7 @@ def test_llm2vec_recipe_matches_its_input_construction(qwen3_folder, instruction
     prompt = entry.instruction_template.format(instruction=instruction) if instruction else entry.prompts["document"]
     assert prompt + text + entry.text_suffix == full
     assert text + entry.text_suffix == pooled
-    default, _ = llm2vec_reference_text(WEB_SEARCH, text, "[INST] ", " [/INST]")
+    default, _ = llm2vec_reference_text(LLM2VEC_QUERY, text, "[INST] ", " [/INST]")
     assert entry.prompts["query"] + text + entry.text_suffix == default
     m = embzoo.load(qwen3_folder, recipe=entry.hub_id)
     vector = m.encode(text, prompt=prompt)
