@@ -195,7 +195,8 @@ class Embedder:
     def _run(
         self, texts: list[str], prefix: str, batch_tokens: int, show: bool, tokens: bool
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Tokenize prefix + text + text_suffix chunk by chunk and forward each chunk in length-sorted token-budget batches.
+        """Tokenize prefix + text + text_suffix chunk by chunk; forward each chunk in length-sorted token-budget
+        batches.
 
         GPU work is queued asynchronously, so the next chunk is tokenized while the device computes;
         the only host sync is the final reorder into the caller's order.

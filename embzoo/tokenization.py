@@ -39,9 +39,7 @@ class TextTokenizer:
         self.backend.enable_truncation(max_length=max_length - (end_id is not None))
 
     @classmethod
-    def from_folder(
-        cls, folder: Path, max_length: int, lowercase: bool = False, end_token: str = ""
-    ) -> TextTokenizer:
+    def from_folder(cls, folder: Path, max_length: int, lowercase: bool = False, end_token: str = "") -> TextTokenizer:
         """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files); end_token: the
         token every input must end with ("" = none)."""
         from transformers import AutoTokenizer

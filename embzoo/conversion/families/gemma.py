@@ -135,23 +135,17 @@ def _rope_thetas(hf: dict[str, Any]) -> tuple[float, float]:
     return thetas[0], thetas[1]
 
 
+SANDWICH_NORMS = {
+    "input_layernorm": "norm_attn",
+    "post_attention_layernorm": "norm_attn_out",
+    "pre_feedforward_layernorm": "norm_mlp",
+    "post_feedforward_layernorm": "norm_mlp_out",
+}
+
+
 def weights(sandwich: bool) -> list[Rule | Drop]:
     """Gemma's backbone rules (prefix "model." optional), Gemma 1's norms or Gemma 2/3's sandwich norms."""
-    layer = llama.L
-    norms = {"input_layernorm": "norm_attn", "post_attention_layernorm": "norm_mlp"}
-    if sandwich:
-        norms |= {
-            "post_attention_layernorm": "norm_attn_out",
-            "pre_feedforward_layernorm": "norm_mlp",
-            "post_feedforward_layernorm": "norm_mlp_out",
-        }
-    return [
-        Rule(llama.P + r"embed_tokens\.weight$", "embed.tok.weight"),
-        *llama.layer_rules(),
-        *(Rule(layer + name + r"\.weight$", f"layers.{{i}}.{ours}.weight") for name, ours in norms.items()),
-        Rule(llama.P + r"norm\.weight$", "final_norm.weight"),
-        Drop(r"^lm_head\.weight$"),
-    ]
+    return [*llama.weights(norms=SANDWICH_NORMS if sandwich else llama.NORMS), Drop(r"^lm_head\.weight$")]
 
 
 WEIGHTS = weights(sandwich=False)

@@ -137,14 +137,18 @@ def layer_rules(prefix: str = P) -> list[Rule]:
     ]
 
 
-def weights(prefix: str = P) -> list[Rule | Drop]:
-    """The whole backbone's rules for keys under `prefix` (NV-Embed: "embedding_model.")."""
+# layer norm names → embzoo's: post_attention_layernorm is the norm before the MLP here
+NORMS = {"input_layernorm": "norm_attn", "post_attention_layernorm": "norm_mlp"}
+
+
+def weights(prefix: str = P, norms: dict[str, str] = NORMS) -> list[Rule | Drop]:
+    """The whole backbone's rules for keys under `prefix` (NV-Embed: "embedding_model."), with the
+    layers' norms named by `norms` (checkpoint name → Block attribute; Gemma 2/3 have four)."""
     layer = prefix + r"layers\.(?P<i>\d+)\."
     return [
         Rule(prefix + r"embed_tokens\.weight$", "embed.tok.weight"),
         *layer_rules(prefix),
-        Rule(layer + r"input_layernorm\.weight$", "layers.{i}.norm_attn.weight"),
-        Rule(layer + r"post_attention_layernorm\.weight$", "layers.{i}.norm_mlp.weight"),
+        *(Rule(layer + name + r"\.weight$", f"layers.{{i}}.{ours}.weight") for name, ours in norms.items()),
         Rule(prefix + r"norm\.weight$", "final_norm.weight"),
         Drop(layer + r"self_attn\.rotary_emb\.inv_freq$"),  # a buffer some old checkpoints saved
     ]
