@@ -13,7 +13,7 @@ an `Assembly` then fills them as their source tensors arrive, in any order (a sh
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -196,18 +196,3 @@ def plan(
             "Drop rule in the family's weight table."
         )
     return list(targets.values())
-
-
-def apply(
-    keys: Iterable[str],
-    get: Callable[[str], torch.Tensor],
-    rules: Iterable[Rule | Drop],
-    expected: Mapping[str, tuple[int, ...]],
-) -> dict[str, torch.Tensor]:
-    """Tensors already in memory (`get(key)` for each of `keys`) converted to exactly the `expected`
-    names and shapes (see `plan`). Checkpoints on disk are streamed instead (embzoo.conversion.stream)."""
-    state = {k: get(k) for k in keys}
-    assembly = Assembly(plan({k: tuple(t.shape) for k, t in state.items()}, rules, expected))
-    for key in assembly.target_of:
-        assembly.add(key, state[key])
-    return assembly.state

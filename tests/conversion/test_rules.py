@@ -3,11 +3,15 @@
 import pytest
 import torch
 
-from embzoo.conversion.rules import Drop, Rule, Target, WeightMismatch, apply, plan
+from embzoo.conversion.rules import Assembly, Drop, Rule, Target, WeightMismatch, plan
 
 
 def run(state, rules, expected):
-    return apply(state, state.__getitem__, rules, {k: tuple(v) for k, v in expected.items()})
+    """In-memory tensors through the plan and the assembly, as the streaming loader drives them."""
+    assembly = Assembly(plan({k: tuple(t.shape) for k, t in state.items()}, rules, expected))
+    for key in assembly.target_of:
+        assembly.add(key, state[key])
+    return assembly.state
 
 
 def test_fuse_concatenates_in_the_spelled_order_and_reorder_swaps_chunks():
