@@ -74,6 +74,8 @@ def load(
     load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     """
+    if isinstance(adapters, str | Path):
+        raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
     if load_in_8bit and load_in_4bit:
         raise ValueError("load_in_8bit and load_in_4bit are exclusive: pass one of them (8-bit int8 or 4-bit NF4)")
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
@@ -91,7 +93,16 @@ def load(
             "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
         )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    overflows = getattr(family_for(snap.config), "FLOAT16_OVERFLOWS", False)
+    family = family_for(snap.config)
+    if entry is None and getattr(family, "NEEDS_RECIPE", False):
+        log.warning(
+            "%s: no catalog recipe for this %s model: its prompt template, end token, attention direction and "
+            "pooled tokens are taken from its files alone; for a copy of a catalogued model pass "
+            "recipe='<hub id>' (see `embzoo list`)",
+            root,
+            family.__name__.rsplit(".", 1)[-1],
+        )
+    overflows = getattr(family, "FLOAT16_OVERFLOWS", False)
     if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
         dtype = torch.bfloat16 if overflows else torch.float16
     dtype = _dtype(dtype, device)

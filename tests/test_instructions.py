@@ -207,3 +207,13 @@ def test_llm2vec_recipe_matches_its_input_construction(qwen3_folder, instruction
     np.testing.assert_allclose(
         vector, states[-len(hf.encode(pooled, add_special_tokens=False).ids) :].mean(0), atol=1e-5
     )
+
+
+def test_a_decoder_without_recipe_says_how_to_give_one(qwen3_folder, caplog):
+    with caplog.at_level("WARNING", logger="embzoo.loading"):
+        embzoo.load(qwen3_folder)
+    assert "no catalog recipe for this llama model" in caplog.text and "recipe='<hub id>'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="embzoo.loading"):
+        embzoo.load(qwen3_folder, recipe="Qwen/Qwen3-Embedding-0.6B")
+    assert "no catalog recipe" not in caplog.text

@@ -41,6 +41,7 @@ WEIGHT_FILES = (
 # ONNX/OpenVINO exports and duplicate .bin weights are left on the Hub
 HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 HUB_LEGACY_WEIGHTS = ["*.json", "*pytorch_model*.bin", "adapter_model.bin"]
+HUB_IGNORE = ["consolidated*"]  # Mistral's original-format copy of the weights, beside the transformers shards
 
 
 LEGACY_NORM_NAME = re.compile(r"(?<=LayerNorm\.)(gamma|beta)$")
@@ -103,7 +104,11 @@ def resolve(name_or_path: str | Path, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:  # configs, tokenizers and safetensors; legacy .bin weights only for folders without safetensors
-        folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_FILES))
+        folder = Path(
+            snapshot_download(
+                str(name_or_path), revision=revision, allow_patterns=HUB_FILES, ignore_patterns=HUB_IGNORE
+            )
+        )
         if _weightless_folders(folder):
             folder = Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=HUB_LEGACY_WEIGHTS))
         return folder

@@ -262,3 +262,8 @@ def test_adapter_next_to_weights_is_merged_into_them(tmp_path):
     folder = write_adapter(tmp_path / "a", {"base_model_name_or_path": "elsewhere/never-fetched"}, {})
     save_file({"w": torch.zeros(1)}, str(folder / "model.safetensors"))
     assert adapter_chain(folder) == (folder, [folder])
+
+
+def test_one_adapter_passed_as_a_string_is_refused(minilm_dir):
+    with pytest.raises(TypeError, match=r"use adapters=\['owner/adapter'\]"):
+        embzoo.load(minilm_dir, adapters="owner/adapter")

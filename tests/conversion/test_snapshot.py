@@ -121,9 +121,7 @@ def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
 
 def test_folder_without_sentence_transformers_files_uses_the_catalog(plain, monkeypatch):
     """A hub id the catalog knows gets its prompts and pooling even when the snapshot lacks them."""
-    monkeypatch.setattr(
-        "huggingface_hub.snapshot_download", lambda repo_id, revision=None, allow_patterns=None: str(plain)
-    )
+    monkeypatch.setattr("huggingface_hub.snapshot_download", lambda repo_id, revision=None, **patterns: str(plain))
     m = embzoo.load("intfloat/e5-small-v2", device="cpu")
     assert m.prompts == {"query": "query: ", "passage": "passage: "}
     assert (m.model.pooler.modes, m.normalize, m.max_seq_length) == (("mean",), True, 512)
@@ -145,22 +143,24 @@ def test_max_seq_length_override(plain):
 
 def fake_hub(monkeypatch, folder):
     """huggingface_hub.snapshot_download replaced by a stub that serves `folder` and records patterns."""
-    calls = []
+    calls, ignored = [], []
 
-    def download(repo_id, revision=None, allow_patterns=None):
+    def download(repo_id, revision=None, allow_patterns=None, ignore_patterns=None):
         calls.append(allow_patterns)
+        ignored.append(ignore_patterns)
         return str(folder)
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", download)
-    return calls
+    return calls, ignored
 
 
 def test_hub_download_fetches_legacy_weights_only_without_safetensors(plain, tmp_path, monkeypatch):
-    calls = fake_hub(monkeypatch, plain)
+    calls, ignored = fake_hub(monkeypatch, plain)
     assert snapshot.resolve("org/with-safetensors") == plain
     assert calls == [snapshot.HUB_FILES]
+    assert ignored == [["consolidated*"]]  # Mistral repos' second copy of the weights stays on the Hub
     (bin_only := tmp_path / "bin-only").mkdir()
-    calls = fake_hub(monkeypatch, bin_only)
+    calls, _ = fake_hub(monkeypatch, bin_only)
     snapshot.resolve("org/bin-only")
     assert calls == [snapshot.HUB_FILES, snapshot.HUB_LEGACY_WEIGHTS]
 
@@ -228,6 +228,6 @@ def test_hub_download_fetches_legacy_weights_for_a_dense_folder_without_safetens
     (plain / "modules.json").write_text(json.dumps(modules))
     (plain / "2_Dense").mkdir()
     (plain / "2_Dense" / "config.json").write_text(json.dumps({"in_features": 32, "out_features": 8}))
-    calls = fake_hub(monkeypatch, plain)
+    calls, _ = fake_hub(monkeypatch, plain)
     snapshot.resolve("org/dense-with-bin")
     assert calls == [snapshot.HUB_FILES, snapshot.HUB_LEGACY_WEIGHTS]

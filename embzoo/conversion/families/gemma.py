@@ -50,6 +50,7 @@ from embzoo.conversion.families import llama
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("gemma",)
+NEEDS_RECIPE = True  # decoder embedders: prompts, end token and attention direction live in the catalog
 FLOAT16_OVERFLOWS = True
 # Gemma 1's legacy "gelu" means the tanh approximation (transformers #29402)
 GEMMA1_ACTIVATIONS = HF_ACTIVATIONS | {"gelu": "gelu_tanh"}

@@ -11,5 +11,6 @@ from embzoo.conversion.families import gemma
 MODEL_TYPES = ("gemma2", "gemma3_text")
 to_arch = gemma.to_arch
 FLOAT16_OVERFLOWS = gemma.FLOAT16_OVERFLOWS
+NEEDS_RECIPE = gemma.NEEDS_RECIPE
 WEIGHTS = gemma.weights(sandwich=True)
 HEADS = {t: [] for t in MODEL_TYPES}

@@ -34,6 +34,7 @@ from embzoo.conversion.config_values import HF_ACTIVATIONS, choice, flag, sizes
 from embzoo.conversion.rules import Drop, Rule
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+NEEDS_RECIPE = True  # decoder embedders: prompts, end token and attention direction live in the catalog
 LAYER_TYPES = {"full_attention": "full", "sliding_attention": "local"}
 
 

@@ -26,6 +26,7 @@ from embzoo.conversion.rules import Drop, Rule
 from embzoo.modeling.latent_attention import LatentAttentionPooler
 
 MODEL_TYPES = ("nvembed",)
+NEEDS_RECIPE = True  # decoder embedders: prompts, end token and attention direction live in the catalog
 TEXT_MODEL_TYPES = ("bidir_mistral",)
 # the remote code's LatentAttentionConfig defaults (NV-Embed-v2's values)
 LATENT_DEFAULTS = {
