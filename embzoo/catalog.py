@@ -71,6 +71,9 @@ class CatalogEntry:
     instruction_mask: str = "prompt"
     config_overrides: dict[str, Any] = field(default_factory=dict)  # merged into config.json before conversion
     text_suffix: str = ""  # appended to every text (after it, before any end_token): LLM2Vec's chat wrapping
+    # a generative yes/no reranker: its template in embzoo.yes_no_templates.TEMPLATES ("" = not one); then
+    # max_seq_length is the reference's own max_length argument, and dimension 1 (one score per pair)
+    yes_no: str = ""
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
@@ -155,6 +158,17 @@ def _entries() -> list[CatalogEntry]:
     for variant, languages in (("en", "en"), ("de", "de,en"), ("zh", "zh,en"), ("es", "es,en"), ("code", "code,en")):
         out.append(e(f"jinaai/jina-embeddings-v2-base-{variant}", "jina_bert", ("mean",), 768, 8192, "apache-2.0",
                      languages, summary="jina-embeddings-v2 base (ALiBi, GeGLU), 8192 tokens."))
+    for size in ("0.6B", "4B", "8B"):
+        out.append(e(f"Qwen/Qwen3-Reranker-{size}", "llama", ("lasttoken",), 1, 8192, "apache-2.0", "multilingual",
+                     yes_no="qwen3_reranker", summary="Qwen3 yes/no reranker (sigmoid of l(yes) - l(no), one fp32 "
+                     "score row); takes an instruction."))
+    for size in ("base", "large"):
+        out.append(e(f"mixedbread-ai/mxbai-rerank-{size}-v2", "llama", ("lasttoken",), 1, 8192, "apache-2.0",
+                     "multilingual", yes_no="mxbai_rerank_v2",
+                     summary="mxbai-rerank v2 (Qwen2; l(1) - l(0) as one fp32 score row); optional instruction."))
+    out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", ("lasttoken",), 1, 1024, "apache-2.0", "multilingual",
+                 yes_no="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
+                 "the instruction replaces its prompt."))
     # fmt: on
     return out
 

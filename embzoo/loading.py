@@ -16,10 +16,12 @@ from embzoo.config import UnsupportedConfig
 from embzoo.conversion.load import is_classifier, load_backbone, load_dense, load_pooler
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
+from embzoo.loading_yes_no import load_yes_no_reranker
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
 from embzoo.modeling.quantized_linear import quantize_linears
 from embzoo.registry import family_for
+from embzoo.reranker import Reranker
 from embzoo.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def load(
     adapters: Sequence[str | Path] = (),
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
-) -> Embedder:
+) -> Embedder | Reranker:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
 
@@ -73,6 +75,8 @@ def load(
     embzoo.conversion.peft) with the adapters merged; `adapters` (folders or Hub ids) are merged on top, in order.
     load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
+    A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
+    with recipe=<its hub id>) loads as a Reranker (see embzoo.loading_yes_no); max_seq_length is then per pair.
     """
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
@@ -110,6 +114,21 @@ def load(
         raise ValueError(
             f"{root}: this model's activations overflow float16; load it with dtype='bfloat16' or 'float32'"
         )
+    if entry is not None and entry.yes_no:  # a generative yes/no reranker (embzoo.loading_yes_no)
+        if load_in_8bit or load_in_4bit:
+            raise ValueError(f"{root}: 8/4-bit loading is for embedders; load this reranker without it")
+        reranker = load_yes_no_reranker(
+            snap,
+            entry,
+            device=device,
+            dtype=dtype,
+            attn_backend=attn_backend,
+            max_seq_length=max_seq_length,
+            transform=merge,
+            name=str(name_or_path),
+        )
+        merge.check()
+        return reranker
     quantize = load_in_8bit or load_in_4bit  # then blocks are loaded on the host and quantized one by one
     backbone, _ = load_backbone(
         snap, attn_backend=attn_backend, dtype=dtype, device="cpu" if quantize else device, transform=merge
