@@ -105,6 +105,8 @@ class Reranker:
         """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
         if not isinstance(query, str):
             raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
+        if isinstance(documents, str):
+            raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
         documents = list(documents)
         if not documents:
             raise ValueError("rank needs at least one document; got an empty list")

@@ -5,10 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
+
+
+def fast_tokenizer(folder: Path) -> tuple[Any, Tokenizer]:
+    """The folder's tokenizer as transformers loads it (tokenizer.json or vocab files), and a copy of its
+    Rust backend."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    if not getattr(hf, "is_fast", False):
+        raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
+    return hf, Tokenizer.from_str(hf.backend_tokenizer.to_str())
 
 
 class TextTokenizer:
@@ -42,12 +54,7 @@ class TextTokenizer:
     def from_folder(cls, folder: Path, max_length: int, lowercase: bool = False, end_token: str = "") -> TextTokenizer:
         """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files); end_token: the
         token every input must end with ("" = none)."""
-        from transformers import AutoTokenizer
-
-        hf = AutoTokenizer.from_pretrained(str(folder))
-        if not getattr(hf, "is_fast", False):
-            raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
-        backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+        hf, backend = fast_tokenizer(folder)
         end_id = backend.token_to_id(end_token) if end_token else None
         if end_token and end_id is None:
             raise ValueError(f"{folder}: inputs of this model end with {end_token!r}, which its tokenizer lacks")
