@@ -78,8 +78,8 @@ class Reranker:
         batch_tokens: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """float32 [N] scores of (query, document) pairs, in order: the model's logit, or its sigmoid
-        (activation "sigmoid", the default of most cards: a probability of relevance)."""
+        """float32 [N] scores of (query, document) pairs, in order: the model's logit (activation "none") or
+        its sigmoid ("sigmoid": a probability of relevance); None = self.activation, the checkpoint's default."""
         pairs = _as_pairs(pairs)
         activation = self.activation if activation is None else activation
         if activation not in ACTIVATIONS:
