@@ -247,3 +247,6 @@ def test_cli_rerank(make_checkpoint, capsys, tmp_path):
         main(["rerank", "--model", str(embzoo.catalog.bundled_model_path()), "--query", "q", "doc"])
     with pytest.raises(SystemExit, match="give DOC arguments or --file"):
         main(["rerank", "--model", str(folder), "--query", "q"])
+    main(["list"])
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["BAAI/bge-reranker-v2-m3", "bert", "head", "1", "8192", "-"] in listed
