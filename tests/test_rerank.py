@@ -151,6 +151,16 @@ def test_stored_activation_is_the_default(make_checkpoint, tmp_path):
     assert embzoo.load(saved, device="cpu").activation == "sigmoid"
 
 
+def test_an_activation_embzoo_lacks_falls_back_to_sigmoid_with_a_warning(tmp_path, caplog):
+    from embzoo.conversion.snapshot import read_snapshot
+    from embzoo.cross_encoder import default_activation
+
+    (tmp_path / "config.json").write_text(json.dumps({"sentence_transformers": {"activation_fn": "torch.nn.Tanh"}}))
+    with caplog.at_level(logging.WARNING, logger="embzoo"):
+        assert default_activation(read_snapshot(tmp_path)) == "sigmoid"
+    assert "'torch.nn.Tanh'" in caplog.text and "activation='none'" in caplog.text
+
+
 def test_rank_and_score_options(make_checkpoint):
     folder, _ = bert_checkpoint(make_checkpoint)
     reranker = embzoo.load(folder, device="cpu")
