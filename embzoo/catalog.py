@@ -53,8 +53,8 @@ def instructed(template: str, default: str, document: str = "") -> dict[str, str
 class CatalogEntry:
     hub_id: str
     family: str  # the family module (embzoo/conversion/families) that converts it
-    pooling: tuple[str, ...]
-    dimension: int
+    pooling: tuple[str, ...]  # () for a reranker: its classification head pools
+    dimension: int  # 1 for a reranker: one score per pair
     max_seq_length: int
     license: str
     languages: str = "en"
@@ -169,6 +169,26 @@ def _entries() -> list[CatalogEntry]:
     out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", ("lasttoken",), 1, 1024, "apache-2.0", "multilingual",
                  yes_no="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
                  "the instruction replaces its prompt."))
+    # cross-encoder rerankers (*ForSequenceClassification, load() returns a Reranker): the classification
+    # head pools its own input (pooling ()), one relevance score (dimension 1)
+    out += [
+        e("cross-encoder/ms-marco-MiniLM-L6-v2", "bert", (), 1, 512, "apache-2.0", normalize=False,
+          summary="MS MARCO cross-encoder (MiniLM, 6 layers); raw logits by default (its config says Identity)."),
+        e("BAAI/bge-reranker-base", "bert", (), 1, 512, "mit", "zh,en", normalize=False,
+          summary="BGE cross-encoder (XLM-R base head: classifier.dense → tanh → out_proj)."),
+        e("BAAI/bge-reranker-large", "bert", (), 1, 512, "mit", "zh,en", normalize=False,
+          summary="BGE cross-encoder (XLM-R large head: classifier.dense → tanh → out_proj)."),
+        e("BAAI/bge-reranker-v2-m3", "bert", (), 1, 8192, "apache-2.0", "multilingual", normalize=False,
+          summary="BGE v2 multilingual cross-encoder on bge-m3 (XLM-R large, 8192 tokens)."),
+        e("Alibaba-NLP/gte-multilingual-reranker-base", "gte", (), 1, 8192, "apache-2.0", "multilingual",
+          normalize=False, summary="Multilingual GTE cross-encoder (CLS → pooler.dense → tanh → classifier)."),
+        e("Alibaba-NLP/gte-reranker-modernbert-base", "modernbert", (), 1, 8192, "apache-2.0", normalize=False,
+          summary="GTE cross-encoder on ModernBERT (head: dense → GELU → norm → classifier)."),
+        e("jinaai/jina-reranker-v1-turbo-en", "jina_bert", (), 1, 8192, "apache-2.0", normalize=False,
+          summary="jina-reranker-v1 turbo (jina-bert-v2, ALiBi, 6 layers), 8192 tokens."),
+        e("jinaai/jina-reranker-v1-tiny-en", "jina_bert", (), 1, 8192, "apache-2.0", normalize=False,
+          summary="jina-reranker-v1 tiny (jina-bert-v2, ALiBi, 4 layers), 8192 tokens."),
+    ]
     # fmt: on
     return out
 

@@ -1,4 +1,4 @@
-"""Command line: `embzoo embed | list | demo`."""
+"""Command line: `embzoo embed | rerank | list | demo`."""
 
 from __future__ import annotations
 
@@ -11,15 +11,19 @@ from typing import TextIO
 
 import numpy as np
 
+from embzoo.reranker import ACTIVATIONS, Reranker
+
 DEMO_QUERY = "Which animal is chasing something?"
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
+    """The TEXT / DOC arguments, or the lines of --file (a .jsonl file: strings or {"text": ...} objects)."""
+    item = "DOC" if args.command == "rerank" else "TEXT"
     if args.file and args.texts:
-        raise SystemExit("embzoo embed: give TEXT arguments or --file, not both")
+        raise SystemExit(f"embzoo {args.command}: give {item} arguments or --file, not both")
     if not args.file:
         if not args.texts:
-            raise SystemExit("embzoo embed: nothing to embed; give TEXT arguments or --file F")
+            raise SystemExit(f"embzoo {args.command}: nothing to {args.command}; give {item} arguments or --file F")
         return args.texts
     path = Path(args.file)
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -62,6 +66,29 @@ def _write_jsonl(sink: TextIO, texts: list[str], vectors: np.ndarray) -> None:
         sink.write(json.dumps({"text": text, "embedding": vector.tolist()}) + "\n")
 
 
+def cmd_rerank(args: argparse.Namespace) -> None:
+    documents = _read_inputs(args)
+    model = _load(args)
+    if not isinstance(model, Reranker):
+        raise SystemExit(f"embzoo rerank: {model.name} is an embedding model; give a reranker checkpoint (--model)")
+    rows = model.rank(
+        args.query,
+        documents,
+        top_k=args.top_k,
+        instruction=args.instruction,
+        return_documents=True,
+        activation=args.activation,
+    )
+    if args.format == "jsonl":
+        for rank, row in enumerate(rows, start=1):
+            print(json.dumps({"rank": rank, **row}, ensure_ascii=False))
+        return
+    print(f"model: {model.name}  (activation {args.activation or model.activation}, {model.device})")
+    print(f"query: {args.query}")
+    for rank, row in enumerate(rows, start=1):
+        print(f"{rank:2d}. {row['score']:.4f}  [{row['index']}] {row['document']}")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from embzoo.catalog import CATALOG
 
@@ -71,7 +98,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             (
                 e.hub_id,
                 e.family,
-                "+".join(e.pooling),
+                "+".join(e.pooling) or "head",
                 str(e.dimension),
                 str(e.max_seq_length),
                 ",".join(e.prompts) or "-",
@@ -98,8 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_model(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
+    def with_model(p: argparse.ArgumentParser, *, reranker: bool = False) -> argparse.ArgumentParser:
+        if reranker:
+            p.add_argument("--model", required=True, help="hub id or local folder of a reranker")
+        else:
+            p.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
         p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
         return p
@@ -114,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N dims")
     embed.add_argument("--precision", default="float32", choices=["float32", "binary", "ubinary"])
     embed.set_defaults(func=cmd_embed)
+
+    rerank = sub.add_parser("rerank", help="documents sorted by relevance to a query; JSON lines or a table")
+    rerank = with_model(rerank, reranker=True)
+    rerank.set_defaults(func=cmd_rerank)
+    rerank.add_argument("texts", nargs="*", metavar="DOC")
+    rerank.add_argument("--query", required=True)
+    rerank.add_argument("--file", help="documents: one per line, or .jsonl of strings / {'text': ...}")
+    rerank.add_argument("--top-k", type=int, default=None, help="print the best K documents (default: all)")
+    rerank.add_argument("--instruction", default=None, help="a task instruction, for rerankers that take one")
+    rerank.add_argument("--activation", default=None, choices=list(ACTIVATIONS), help="default: the model card's")
+    rerank.add_argument("--format", default="jsonl", choices=["jsonl", "table"])
 
     sub.add_parser("list", help="catalogued checkpoints").set_defaults(func=cmd_list)
 

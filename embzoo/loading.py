@@ -1,4 +1,5 @@
-"""embzoo.load: a hub id or folder → a ready Embedder (snapshot + catalog + conversion)."""
+"""embzoo.load: a hub id or folder → a ready Embedder, or a Reranker for a cross-encoder (snapshot + catalog +
+conversion)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from embzoo import catalog
 from embzoo.api import Embedder
-from embzoo.config import UnsupportedConfig
 from embzoo.conversion.load import is_classifier, load_backbone, load_dense, load_pooler
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
-from embzoo.conversion.snapshot import PipelineSpec, read_snapshot, resolve
+from embzoo.conversion.snapshot import PipelineSpec, Snapshot, read_snapshot, resolve
+from embzoo.cross_encoder import check_classifier, cross_encoder
 from embzoo.loading_yes_no import load_yes_no_reranker
+from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
 from embzoo.modeling.quantized_linear import quantize_linears
@@ -67,6 +70,7 @@ def load(
 ) -> Embedder | Reranker:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
+    A *ForSequenceClassification checkpoint (a cross-encoder) loads as a Reranker (see embzoo.cross_encoder).
 
     recipe: the catalog id whose recipe (prompts, instruction template, EOS, pooling, attention
     overrides) applies, for a local copy of a catalogued model (default: name_or_path's own entry).
@@ -92,10 +96,7 @@ def load(
     if overrides:
         snap = dataclasses.replace(snap, config={**snap.config, **overrides})
     if is_classifier(snap.config):
-        raise UnsupportedConfig(
-            f"{root} is a sequence-classification checkpoint ({snap.config.get('architectures')}), "
-            "i.e. a cross-encoder/reranker: embzoo.load returns embedders; rerankers are not available yet"
-        )
+        check_classifier(snap.config)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     family = family_for(snap.config)
     if entry is None and getattr(family, "NEEDS_RECIPE", False):
@@ -106,14 +107,7 @@ def load(
             root,
             family.__name__.rsplit(".", 1)[-1],
         )
-    overflows = getattr(family, "FLOAT16_OVERFLOWS", False)
-    if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
-        dtype = torch.bfloat16 if overflows else torch.float16
-    dtype = _dtype(dtype, device)
-    if dtype is torch.float16 and overflows:
-        raise ValueError(
-            f"{root}: this model's activations overflow float16; load it with dtype='bfloat16' or 'float32'"
-        )
+    dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
     if entry is not None and entry.yes_no:  # a generative yes/no reranker (embzoo.loading_yes_no)
         if load_in_8bit or load_in_4bit:
             raise ValueError(f"{root}: 8/4-bit loading is for embedders; load this reranker without it")
@@ -130,24 +124,59 @@ def load(
         merge.check()
         return reranker
     quantize = load_in_8bit or load_in_4bit  # then blocks are loaded on the host and quantized one by one
-    backbone, _ = load_backbone(
+    backbone, head = load_backbone(
         snap, attn_backend=attn_backend, dtype=dtype, device="cpu" if quantize else device, transform=merge
     )
     merge.check()
-    learned = load_pooler(snap, dtype=dtype, device=device)  # a family's own pooler replaces sentence-transformers'
     pipe = snap.pipeline
+    limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
+    if quantize:  # block by block from the host: the device never holds every full weight
+        backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
+    name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
+    if head is not None:
+        return cross_encoder(snap, backbone, head.to(device), limit, name)
+    return _embedder(snap, entry, backbone, limit, name, dtype=dtype, device=device)
+
+
+def _family_dtype(
+    family: ModuleType, dtype: str | torch.dtype | None, device: torch.device, load_in_8bit: bool, root: Path
+) -> torch.dtype:
+    """The dtype to run in: as asked, else the device's default (8-bit: float16, bfloat16 for families whose
+    activations overflow float16, which they refuse)."""
+    overflows = getattr(family, "FLOAT16_OVERFLOWS", False)
+    if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
+        dtype = torch.bfloat16 if overflows else torch.float16
+    dtype = _dtype(dtype, device)
+    if dtype is torch.float16 and overflows:
+        raise ValueError(
+            f"{root}: this model's activations overflow float16; load it with dtype='bfloat16' or 'float32'"
+        )
+    return dtype
+
+
+def _embedder(
+    snap: Snapshot,
+    entry: catalog.CatalogEntry | None,
+    backbone: Backbone,
+    limit: int,
+    name: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Embedder:
+    """The Embedder around a loaded backbone: pooler (a family's learned one, or sentence-transformers'),
+    Dense heads, tokenizer, and the recipe's prompts, instruction handling and normalization."""
+    pipe = snap.pipeline
+    learned = load_pooler(snap, dtype=dtype, device=device)  # a family's own pooler replaces sentence-transformers'
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None and learned is None:
-        log.warning("%s has no sentence-transformers Pooling config and no catalog entry: mean pooling", root)
+        log.warning("%s has no sentence-transformers Pooling config and no catalog entry: mean pooling", snap.root)
         pooling = ("mean",)
     normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
     normalize = normalize or bool(learned is not None and learned.output_normalize)
     prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
-    limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     # a recipe that masks instructions its own way keeps them out of the pool
     include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
-    if quantize:  # block by block from the host: the device never holds every full weight
-        backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     model = EmbeddingModel(
         backbone,
         learned if learned is not None else Pooler(pooling, include_prompt),
@@ -155,7 +184,6 @@ def load(
     )
     end_token = entry.end_token if entry else ""
     tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, end_token=end_token)
-    name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     return Embedder(
         model,
         tokenizer,

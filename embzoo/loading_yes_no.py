@@ -12,7 +12,7 @@ from embzoo.conversion.snapshot import Snapshot
 from embzoo.conversion.stream import Transform
 from embzoo.modeling.yes_no import ScoreRowScorer
 from embzoo.reranker import Reranker
-from embzoo.tokenization import load_fast_tokenizer
+from embzoo.tokenization import fast_tokenizer
 from embzoo.yes_no_templates import TEMPLATES
 
 
@@ -39,7 +39,7 @@ def load_yes_no_reranker(
     backbone, _ = load_backbone(
         snapshot, attn_backend=attn_backend, with_head=False, dtype=dtype, device=device, transform=transform
     )
-    tokenizer = load_fast_tokenizer(snapshot.model_dir)
+    tokenizer, _ = fast_tokenizer(snapshot.model_dir)
     inputs = template(tokenizer, entry.max_seq_length)
     limit = backbone.max_seq_len
     if max_seq_length is not None and max_seq_length > limit:

@@ -78,8 +78,8 @@ class Reranker:
         batch_tokens: int | None = None,
         show_progress_bar: bool | None = None,
     ) -> np.ndarray:
-        """float32 [N] scores of (query, document) pairs, in order: the model's logit, or its sigmoid
-        (activation "sigmoid", the default of most cards: a probability of relevance)."""
+        """float32 [N] scores of (query, document) pairs, in order: the model's logit (activation "none") or
+        its sigmoid ("sigmoid": a probability of relevance); None = self.activation, the checkpoint's default."""
         pairs = _as_pairs(pairs)
         activation = self.activation if activation is None else activation
         if activation not in ACTIVATIONS:
@@ -105,6 +105,8 @@ class Reranker:
         """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
         if not isinstance(query, str):
             raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
+        if isinstance(documents, str):
+            raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
         documents = list(documents)
         if not documents:
             raise ValueError("rank needs at least one document; got an empty list")

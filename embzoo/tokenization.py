@@ -12,14 +12,15 @@ from tokenizers import Tokenizer
 log = logging.getLogger(__name__)
 
 
-def load_fast_tokenizer(folder: Path) -> Any:
-    """The folder's tokenizer as transformers loads it (tokenizer.json or vocab files); it must be a fast one."""
+def fast_tokenizer(folder: Path) -> tuple[Any, Tokenizer]:
+    """The folder's tokenizer as transformers loads it (tokenizer.json or vocab files), and a copy of its
+    Rust backend."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(folder))
     if not getattr(hf, "is_fast", False):
         raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
-    return hf
+    return hf, Tokenizer.from_str(hf.backend_tokenizer.to_str())
 
 
 class TextTokenizer:
@@ -53,8 +54,7 @@ class TextTokenizer:
     def from_folder(cls, folder: Path, max_length: int, lowercase: bool = False, end_token: str = "") -> TextTokenizer:
         """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files); end_token: the
         token every input must end with ("" = none)."""
-        hf = load_fast_tokenizer(folder)
-        backend = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+        hf, backend = fast_tokenizer(folder)
         end_id = backend.token_to_id(end_token) if end_token else None
         if end_token and end_id is None:
             raise ValueError(f"{folder}: inputs of this model end with {end_token!r}, which its tokenizer lacks")

@@ -83,10 +83,11 @@ def load_pooler(
 def _head(family: ModuleType, config: dict, hidden_size: int) -> ClassificationHead:
     """The family's classification head; `head_config(hf)` (optional) gives its options, else BERT's."""
     options = family.head_config(config) if hasattr(family, "head_config") else {}
-    return ClassificationHead(hidden_size, _num_labels(config), **options)
+    return ClassificationHead(hidden_size, num_labels(config), **options)
 
 
-def _num_labels(config: dict) -> int:
+def num_labels(config: dict) -> int:
+    """Outputs of a classifier checkpoint's head: id2label's size, else num_labels (transformers' default 2)."""
     return len(config["id2label"]) if config.get("id2label") else int(config.get("num_labels", 2))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import write_st_layout
 from safetensors.torch import load_file, save_file
-from transformers import BertConfig, BertForSequenceClassification, BertModel
+from transformers import BertConfig, BertModel
 
 import embzoo
 from embzoo.config import UnsupportedConfig
@@ -105,12 +105,6 @@ def test_unsupported_sentence_transformers_module(plain):
     (plain / "modules.json").write_text(json.dumps([{"path": "", "type": "sentence_transformers.models.LSTM"}]))
     with pytest.raises(SnapshotError, match="LSTM.*supported"):
         read_snapshot(plain)
-
-
-def test_reranker_checkpoint_is_not_loaded_as_embedder(make_checkpoint):
-    folder, _ = make_checkpoint(BertForSequenceClassification, TINY)
-    with pytest.raises(UnsupportedConfig, match="sequence-classification"):
-        embzoo.load(folder, device="cpu")
 
 
 def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
