@@ -10,8 +10,9 @@ r.rank("what is rope?", ["rotary position embeddings ...", "a length of cord"])
 from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.listwise_reranker import ListwiseReranker
 from embzoo.loading import load
 from embzoo.reranker import Reranker
 
-__all__ = ["ArchConfig", "Embedder", "Reranker", "UnsupportedConfig", "catalog", "load"]
+__all__ = ["ArchConfig", "Embedder", "ListwiseReranker", "Reranker", "UnsupportedConfig", "catalog", "load"]
 __version__ = "0.1.0"

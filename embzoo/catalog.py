@@ -74,6 +74,8 @@ class CatalogEntry:
     # a generative yes/no reranker: its template in embzoo.yes_no_templates.TEMPLATES ("" = not one); then
     # max_seq_length is the reference's own max_length argument, and dimension 1 (one score per pair)
     yes_no: str = ""
+    # a listwise reranker: its prompt builder in embzoo.listwise_templates.TEMPLATES ("" = not one); dimension 1
+    listwise: str = ""
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
@@ -169,6 +171,9 @@ def _entries() -> list[CatalogEntry]:
     out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", ("lasttoken",), 1, 1024, "apache-2.0", "multilingual",
                  yes_no="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
                  "the instruction replaces its prompt."))
+    out.append(e("jinaai/jina-reranker-v3", "llama", ("markers",), 1, 131072, "cc-by-nc-4.0", "multilingual",
+                 listwise="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
+                 "in one prompt, cosine of projected marker states)."))
     # cross-encoder rerankers (*ForSequenceClassification, load() returns a Reranker): the classification
     # head pools its own input (pooling ()), one relevance score (dimension 1)
     out += [

@@ -11,6 +11,7 @@ from typing import TextIO
 
 import numpy as np
 
+from embzoo.listwise_reranker import ListwiseReranker
 from embzoo.reranker import ACTIVATIONS, Reranker
 
 DEMO_QUERY = "Which animal is chasing something?"
@@ -69,7 +70,7 @@ def _write_jsonl(sink: TextIO, texts: list[str], vectors: np.ndarray) -> None:
 def cmd_rerank(args: argparse.Namespace) -> None:
     documents = _read_inputs(args)
     model = _load(args)
-    if not isinstance(model, Reranker):
+    if not isinstance(model, Reranker | ListwiseReranker):
         raise SystemExit(f"embzoo rerank: {model.name} is an embedding model; give a reranker checkpoint (--model)")
     rows = model.rank(
         args.query,

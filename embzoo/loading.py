@@ -18,6 +18,8 @@ from embzoo.conversion.load import is_classifier, load_backbone, load_dense, loa
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, Snapshot, read_snapshot, resolve
 from embzoo.cross_encoder import check_classifier, cross_encoder
+from embzoo.listwise_reranker import ListwiseReranker
+from embzoo.loading_listwise import load_listwise_reranker
 from embzoo.loading_yes_no import load_yes_no_reranker
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.embedding_model import EmbeddingModel
@@ -67,7 +69,7 @@ def load(
     adapters: Sequence[str | Path] = (),
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
-) -> Embedder | Reranker:
+) -> Embedder | Reranker | ListwiseReranker:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
     A *ForSequenceClassification checkpoint (a cross-encoder) loads as a Reranker (see embzoo.cross_encoder).
@@ -81,6 +83,8 @@ def load(
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
     with recipe=<its hub id>) loads as a Reranker (see embzoo.loading_yes_no); max_seq_length is then per pair.
+    jina-reranker-v3 (listwise) loads as a ListwiseReranker (see embzoo.loading_listwise); max_seq_length is then
+    what one block prompt fills.
     """
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
@@ -108,10 +112,10 @@ def load(
             family.__name__.rsplit(".", 1)[-1],
         )
     dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
-    if entry is not None and entry.yes_no:  # a generative yes/no reranker (embzoo.loading_yes_no)
+    if entry is not None and (entry.yes_no or entry.listwise):  # embzoo.loading_yes_no / embzoo.loading_listwise
         if load_in_8bit or load_in_4bit:
             raise ValueError(f"{root}: 8/4-bit loading is for embedders; load this reranker without it")
-        reranker = load_yes_no_reranker(
+        reranker = (load_listwise_reranker if entry.listwise else load_yes_no_reranker)(
             snap,
             entry,
             device=device,

@@ -80,7 +80,7 @@ class Reranker:
     ) -> np.ndarray:
         """float32 [N] scores of (query, document) pairs, in order: the model's logit (activation "none") or
         its sigmoid ("sigmoid": a probability of relevance); None = self.activation, the checkpoint's default."""
-        pairs = _as_pairs(pairs)
+        pairs = as_pairs(pairs)
         activation = self.activation if activation is None else activation
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; allowed: {ACTIVATIONS}")
@@ -144,7 +144,7 @@ class Reranker:
         return scores
 
 
-def _as_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def as_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     out = []
     for i, pair in enumerate(pairs):
         if isinstance(pair, str) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):

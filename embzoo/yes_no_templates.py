@@ -55,7 +55,7 @@ BGE_GEMMA_PROMPT = (
 )
 
 
-def _backend(tokenizer: Any) -> Tokenizer:
+def plain_backend(tokenizer: Any) -> Tokenizer:
     """A private copy of a transformers fast tokenizer's backend, without truncation or padding."""
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
@@ -72,7 +72,7 @@ class PromptPairs:
     max_length: int
 
     def __init__(self, tokenizer: Any, length: int):
-        self.tokenizer = _backend(tokenizer)
+        self.tokenizer = plain_backend(tokenizer)
         self.length = length
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
@@ -120,7 +120,7 @@ class Qwen3RerankerPairs(PromptPairs):
         self.prefix, self.suffix = self.ids([QWEN3_PREFIX, QWEN3_SUFFIX])
         budget = length - len(self.prefix) - len(self.suffix)
         self.check_length(budget, "instruction, query and document")
-        self.body = _backend(tokenizer)
+        self.body = plain_backend(tokenizer)
         self.body.enable_truncation(max_length=budget)
 
     def encode(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> EncodedPairs:

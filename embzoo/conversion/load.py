@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 
 import torch
@@ -35,12 +36,14 @@ def load_backbone(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     transform: Transform | None = None,
+    ignore: Sequence[Drop] = (),
 ) -> tuple[Backbone, ClassificationHead | None]:
     """The backbone (and the classification head when the checkpoint is a classifier) in `dtype` on
     `device`, streamed from the checkpoint one shard at a time (see embzoo.conversion.stream).
 
     Strict: raises WeightMismatch listing missing and left-over tensors. `transform(name, tensor)` is
-    applied to each consumed checkpoint tensor as it is read, before fusing (LoRA merging).
+    applied to each consumed checkpoint tensor as it is read, before fusing (LoRA merging). `ignore`: checkpoint
+    keys another loader reads (jina-reranker-v3's projector), skipped here.
     """
     family = family_for(snapshot.config)
     arch = family.to_arch(snapshot.config)
@@ -50,7 +53,7 @@ def load_backbone(
         backbone = Backbone(arch, attn_backend)
         head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
     expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
-    rules = family.WEIGHTS + (head_rules if head else dropped(head_rules))
+    rules = [*family.WEIGHTS, *(head_rules if head else dropped(head_rules)), *ignore]
     folder = snapshot.weights_dir or snapshot.model_dir
     state = load_state(folder, rules, expected, dtype=dtype, device=device, transform=transform)
     head_state = {n[len(HEAD_PREFIX) :]: state.pop(n) for n in list(state) if n.startswith(HEAD_PREFIX)}
