@@ -570,9 +570,8 @@ def rerank_workload(setup: Setup, tmp: Path, report: Report) -> None:
     yes, no = setup.yes_no
     hf = new_qwen3_lm(setup).to(dt)  # saved in the timed dtype: both sides get the very same weights
     folder = tmp / "rerank"
-    hf.save_pretrained(folder)
-    row = score_row(read_snapshot(folder), yes, no).to(dev)
-    ours = ScoreRowScorer(converted(hf, folder, setup), row).eval()
+    backbone = converted(hf, folder, setup)  # saves the checkpoint the score row is read from
+    ours = ScoreRowScorer(backbone, score_row(read_snapshot(folder), yes, no).to(dev)).eval()
     hf = hf.to(dev)
     cfg = hf.config
     g = torch.Generator().manual_seed(0)
