@@ -1,6 +1,7 @@
-"""Core benchmark: embzoo vs HF transformers / sentence-transformers on the protocol's ENC, DEC and TEXT workloads.
+"""Core benchmark: embzoo vs HF transformers / sentence-transformers on the protocol's ENC, DEC and TEXT workloads,
+and RERANK: one query against 100 documents through a Qwen3-0.6B-shaped yes/no reranker.
 
-    python bench/bench_core.py [--smoke] [--workloads enc dec text] [--models NAME ...] [--repeats N]
+    python bench/bench_core.py [--smoke] [--workloads enc dec text rerank] [--models NAME ...] [--repeats N]
                                [--tokenizer DIR] [--out FILE.json]
 
 Every figure is measured in this process on this card; the summary reports ratios (ours / baseline)
@@ -35,10 +36,12 @@ from transformers.utils import logging as hf_logging
 import embzoo
 from embzoo import kernels
 from embzoo.conversion.load import load_backbone
+from embzoo.conversion.score_row import score_row
 from embzoo.conversion.snapshot import read_snapshot
 from embzoo.modeling.attention import requested_features, resolve_backend
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.yes_no import ScoreRowScorer
 from embzoo.packing import token_budget_batches
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
@@ -46,6 +49,7 @@ HF_BATCH = 64  # sentence-transformers batch size and online chunk size (PROTOCO
 BATCH_TOKENS = (16384, 32768)
 PARITY_SEQS = 32
 PARITY_MIN_COS = 0.99
+PARITY_MIN_RANK = 0.99  # RERANK: Spearman correlation of the two systems' scores over the documents
 GIB = 2**30
 
 
@@ -83,6 +87,11 @@ QWEN3_06B = dict(
     max_position_embeddings=32768,
     rope_theta=1e6,
 )
+# RERANK: Qwen3-Reranker's pair = template prefix (system prompt, instruction, query) + document + suffix
+# (end of turn, assistant header, empty think block); token counts of its template with a short query
+RERANK_PREFIX, RERANK_SUFFIX = 64, 13
+QWEN3_YES_NO = (9693, 2152)  # Qwen3's "yes" and "no" token ids
+RERANK_MIN_REPEATS = 10  # one request takes milliseconds: more timed passes than the big workloads
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,8 @@ class Setup:
     bert: dict[str, int] = field(default_factory=dict)  # encoder config overrides; {} = base size
     qwen: dict[str, int] = field(default_factory=dict)  # Qwen3Config overrides; {} = Qwen3-0.6B
     tokenizer: Path | None = None  # folder with the MiniLM tokenizer files (TEXT only)
+    rerank_docs: int = 100  # RERANK: documents per query, the first ENC lengths
+    yes_no: tuple[int, int] = QWEN3_YES_NO  # RERANK: the score's token ids, logit(yes) - logit(no)
 
 
 FULL = Setup("cuda", torch.bfloat16, ENC, DEC, texts=8192, text_max_words=380, repeats=3)
@@ -118,6 +129,8 @@ SMOKE = Setup(
         intermediate_size=128,
         vocab_size=1000,
     ),
+    rerank_docs=16,
+    yes_no=(7, 8),
 )
 
 
@@ -201,10 +214,12 @@ def measure(
     tokens: int,
     flops: int,
     weights: int,
+    pairs: int = 0,
     **tags,
 ) -> dict:
-    """One warm-up call, then `repeats` timed calls; the best is reported. On CUDA, peak_gib is the most
-    memory the calls took above what was allocated before them, plus `weights` (this system's weights, bytes)."""
+    """One warm-up call, then `repeats` timed calls; the best is reported (and pairs/s where `pairs` is given:
+    RERANK). On CUDA, peak_gib is the most memory the calls took above what was allocated before them, plus
+    `weights` (this system's weights, bytes)."""
     cuda = device == "cuda"
     if cuda:
         torch.cuda.synchronize()
@@ -227,6 +242,8 @@ def measure(
         tok_per_s=round(tokens / best),
         tflops=round(flops / best / 1e12, 3),
     )
+    if pairs:
+        rec["pairs_per_s"] = round(pairs / best, 1)
     if cuda:
         rec["peak_gib"] = round((torch.cuda.max_memory_allocated() - before + weights) / GIB, 2)
     return report.add(report.records, rec)
@@ -241,6 +258,27 @@ def report_parity(report: Report, name: str, ours: torch.Tensor, ref: torch.Tens
             f"WARNING: {name} parity below {PARITY_MIN_COS}: the numbers below compare different models",
             file=sys.stderr,
         )
+    return report.add(report.parity, rec)
+
+
+def report_score_parity(report: Report, name: str, ours: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Scores [N] of two systems for the same pairs: largest difference, and whether they rank alike
+    (Spearman correlation ≥ PARITY_MIN_RANK; same_top10: the ten best documents, in order)."""
+    ours, ref = ours.double().cpu(), ref.double().cpu()
+    ranks = [torch.argsort(torch.argsort(s)).double() for s in (ours, ref)]
+    spearman = torch.corrcoef(torch.stack(ranks))[0, 1].item()
+    top = min(10, len(ref))
+    rec = dict(
+        parity=name,
+        n=len(ref),
+        max_abs_diff=round((ours - ref).abs().max().item(), 5),
+        ref_range=[round(ref.min().item(), 4), round(ref.max().item(), 4)],
+        spearman=round(spearman, 5),
+        same_top10=torch.equal(torch.argsort(-ours)[:top], torch.argsort(-ref)[:top]),
+    )
+    rec["ok"] = spearman >= PARITY_MIN_RANK
+    if not rec["ok"]:
+        print(f"WARNING: {name} ranks differ (Spearman < {PARITY_MIN_RANK}): different models timed", file=sys.stderr)
     return report.add(report.parity, rec)
 
 
@@ -360,14 +398,16 @@ def free(device: str) -> None:
 # ---- ENC / DEC: model only, pre-generated ids ----------------------------------------------------
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input_ids and attention_mask, as a tokenizer's padding would give them."""
+def pad_batch(seqs: Sequence[Sequence[int]], device: str, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (left: left-padded) input_ids and attention_mask, as a tokenizer's padding would give them."""
     lens = np.array([len(s) for s in seqs])
-    ids = np.zeros((len(seqs), lens.max()), dtype=np.int64)
+    width = lens.max()
+    ids = np.zeros((len(seqs), width), dtype=np.int64)
     for row, s in zip(ids, seqs, strict=True):
-        row[: len(s)] = s
-    mask = (np.arange(lens.max()) < lens[:, None]).astype(np.int64)
-    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        start = width - len(s) if left else 0
+        row[start : start + len(s)] = s
+    mask = np.arange(width) >= width - lens[:, None] if left else np.arange(width) < lens[:, None]
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask.astype(np.int64)).to(device)
 
 
 def padded_pool(h: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -509,6 +549,91 @@ def text_workload(setup: Setup, tmp: Path, report: Report) -> None:
             )
 
 
+# ---- RERANK: one query × documents, yes/no scores from a decoder ------------------------------------
+
+
+def new_qwen3_lm(setup: Setup) -> torch.nn.Module:
+    """Qwen3-Reranker-0.6B's shape: Qwen3-0.6B with its tied LM head, random weights."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(**(QWEN3_06B | setup.qwen), tie_word_embeddings=True, attn_implementation="sdpa")
+    return Qwen3ForCausalLM(cfg).eval()
+
+
+@torch.inference_mode()
+def rerank_workload(setup: Setup, tmp: Path, report: Report) -> None:
+    """One query against `rerank_docs` documents of the first ENC lengths: embzoo's yes/no path (packed
+    backbone + the LM head reduced to one score row, ScoreRowScorer) vs transformers as Qwen3-Reranker's card
+    runs it (Qwen3ForCausalLM on left-padded pairs, the full LM head, logits[:, -1] at yes and no)."""
+    dev, dt = setup.device, setup.dtype
+    yes, no = setup.yes_no
+    hf = new_qwen3_lm(setup).to(dt)  # saved in the timed dtype: both sides get the very same weights
+    folder = tmp / "rerank"
+    backbone = converted(hf, folder, setup)  # saves the checkpoint the score row is read from
+    ours = ScoreRowScorer(backbone, score_row(read_snapshot(folder), yes, no).to(dev)).eval()
+    hf = hf.to(dev)
+    cfg = hf.config
+    g = torch.Generator().manual_seed(0)
+    prefix, suffix = (
+        torch.randint(5, cfg.vocab_size - 5, (n,), generator=g).tolist() for n in (RERANK_PREFIX, RERANK_SUFFIX)
+    )
+    docs = setup.enc.lengths()[: setup.rerank_docs]
+    pairs = [prefix + torch.randint(5, cfg.vocab_size - 5, (n,), generator=g).tolist() + suffix for n in docs]
+    lens = [len(p) for p in pairs]
+    tokens, flops = sum(lens), flops_for(hf.model, cfg.num_hidden_layers, cfg.hidden_size, lens)
+    backend = attention_backend(ours.backbone, dev, dt)
+
+    def hf_scores(seqs):
+        input_ids, mask = pad_batch(seqs, dev, left=True)
+        last = hf(input_ids=input_ids, attention_mask=mask).logits[:, -1, :]
+        return last[:, yes].float() - last[:, no].float()
+
+    def our_scores(seqs):
+        return ours(PackedBatch.from_sequences(seqs).to(dev))
+
+    def request(score, batches):
+        def one():
+            out = torch.empty(len(pairs), device=dev)
+            for b in batches:
+                out[list(b)] = score([pairs[i] for i in b])
+            return out
+
+        return one
+
+    everything = [range(len(pairs))]
+    by_length = chunks(sorted(range(len(pairs)), key=lambda i: -lens[i]), setup.dec.hf_batch)
+    report_score_parity(
+        report,
+        f"rerank qwen3 yes-no score ({len(pairs)} pairs)",
+        request(our_scores, everything)(),
+        request(hf_scores, everything)(),
+    )
+    cases = [
+        ("ours", f"packed score-row {bt} tokens {backend}", our_scores, token_budget_batches(lens, bt))
+        for bt in BATCH_TOKENS
+    ]
+    cases += [
+        ("hf", f"card: one left-padded batch of {len(pairs)}, full LM head", hf_scores, everything),
+        ("hf", f"left-padded sorted bs{setup.dec.hf_batch}, full LM head", hf_scores, by_length),
+    ]
+    for system, config, score, batches in cases:
+        measure(
+            report,
+            request(score, batches),
+            device=dev,
+            repeats=max(setup.repeats, RERANK_MIN_REPEATS),
+            tokens=tokens,
+            flops=flops,
+            weights=weight_bytes(ours if system == "ours" else hf),
+            pairs=len(pairs),
+            workload="rerank qwen3-0.6b",
+            mode="offline",
+            system=system,
+            config=config,
+        )
+
+
 # ---- summary ------------------------------------------------------------------------------------
 
 
@@ -558,7 +683,7 @@ def print_table(rows: list[dict], info: dict) -> None:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
 
 
-WORKLOADS = ("enc", "dec", "text")
+WORKLOADS = ("enc", "dec", "text", "rerank")
 
 
 def main() -> None:
@@ -594,6 +719,9 @@ def main() -> None:
             free(setup.device)
         if "text" in args.workloads:
             text_workload(setup, Path(tmp), report)
+        if "rerank" in args.workloads:
+            rerank_workload(setup, Path(tmp), report)
+            free(setup.device)
     print_table(summarize(report.records), report.probe)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-machine session, from the repo root: versions and card, the decoder-path GPU tests, the
-# benchmarks (DEC Qwen3-0.6B, ENC bert-base + ModernBERT-base, TEXT), then the other GPU tests. Each stage
+# benchmarks (DEC Qwen3-0.6B, ENC bert-base + ModernBERT-base, TEXT, RERANK Qwen3-0.6B yes/no), then the other GPU tests. Each stage
 # runs under its own time limit, cut to what is left of one overall budget, so a hang costs its own stage only.
 #
 #   bash bench/device_check.sh
@@ -10,7 +10,7 @@
 #              tokenizer tests need it)
 #      BUDGET  seconds for all stages together (default 470: the script ends within ~8 minutes)
 #      SMOKE   set (SMOKE=1) to run the benchmarks with --smoke: a CPU check of this script
-# Writes $OUT/device_check.log (everything printed), dec.json, enc.json, text.json (bench_core.py --out,
+# Writes $OUT/device_check.log (everything printed), dec.json, enc.json, text.json, rerank.json (bench_core.py --out,
 # rewritten after every measurement: a stage cut short keeps what it measured), pytest_*.xml (JUnit).
 set -u -o pipefail
 
@@ -101,6 +101,7 @@ run_all() {
         echo "== bench TEXT: skipped, no tokenizer files in $TOK (carry the MiniLM tokenizer there)"
         STATUS+=("$(printf '%-22s skipped (no %s)' "bench TEXT" "$TOK")")
     fi
+    stage "bench RERANK" 60 "${BENCH[@]}" --workloads rerank --out "$OUT/rerank.json"
     stage "gpu tests: the rest" 240 "${PYTEST[@]}" -k "not decoder" --junitxml="$OUT/pytest_rest.xml"
 
     echo

@@ -193,6 +193,9 @@ def _entries() -> list[CatalogEntry]:
           summary="jina-reranker-v1 turbo (jina-bert-v2, ALiBi, 6 layers), 8192 tokens."),
         e("jinaai/jina-reranker-v1-tiny-en", "jina_bert", (), 1, 8192, "apache-2.0", normalize=False,
           summary="jina-reranker-v1 tiny (jina-bert-v2, ALiBi, 4 layers), 8192 tokens."),
+        e("jinaai/jina-reranker-v2-base-multilingual", "jina_xlm_roberta", (), 1, 1024, "cc-by-nc-4.0",
+          "multilingual", normalize=False, summary="jina-reranker-v2 (XLM-R in Jina's flash layout, absolute "
+          "positions, 1024 tokens); sigmoid scores as its compute_score."),
     ]
     # fmt: on
     return out

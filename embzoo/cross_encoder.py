@@ -27,7 +27,7 @@ from embzoo.conversion.snapshot import Snapshot, read_json
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.classifier import ClassifierScorer
 from embzoo.modeling.heads import ClassificationHead
-from embzoo.registry import family_for
+from embzoo.registry import family_for, head_key
 from embzoo.reranker import EncodedPairs, Reranker
 from embzoo.tokenization import fast_tokenizer
 
@@ -40,11 +40,12 @@ ST_ACTIVATIONS = {"Sigmoid": "sigmoid", "Identity": "none"}
 def check_classifier(config: dict) -> None:
     """Raise UnsupportedConfig unless a classifier config.json has a one-label head embzoo converts."""
     family = family_for(config)
-    if not family.HEADS.get(config["model_type"]):
+    key = head_key(config)
+    if not family.HEADS.get(key):
         raise UnsupportedConfig(
-            f"{config.get('architectures')}: embzoo has no sequence-classification head for model_type "
-            f"{config['model_type']!r}; cross-encoders run on BERT, RoBERTa/XLM-R, GTE, ModernBERT, NomicBert "
-            "and jina-bert-v2 checkpoints"
+            f"{config.get('architectures')}: embzoo has no sequence-classification head for {key!r}; "
+            "cross-encoders run on BERT, RoBERTa/XLM-R (and its flash layout, jina-reranker-v2), GTE, ModernBERT, "
+            "NomicBert and jina-bert-v2 checkpoints"
         )
     labels = num_labels(config)
     if labels != 1:

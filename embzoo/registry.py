@@ -3,6 +3,11 @@
 Several families may share a model_type (jina-bert-v2 configs say "bert"); such a family declares
 CONFIG_MATCH, config.json values it requires (e.g. position_embedding_type "alibi"), and is tried
 before the family that claims the model_type unconditionally.
+
+Remote-code checkpoints may carry no model_type at all (jina-reranker-v2's config.json has none); a family
+that declares AUTO_CONFIG, the name of a remote-code config class, claims every config.json whose auto_map
+"AutoConfig" names that class ("<repo>--<module>.<Class>" or "<module>.<Class>"), before any model_type
+claim. Its HEADS are keyed by that class name (`head_key`).
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from embzoo.conversion import families
 
 
 @cache
+def family_modules() -> tuple[ModuleType, ...]:
+    """Every family module, in name order."""
+    names = sorted(info.name for info in pkgutil.iter_modules(families.__path__) if not info.name.startswith("_"))
+    return tuple(importlib.import_module(f"{families.__name__}.{name}") for name in names)
+
+
+@cache
 def _families() -> dict[str, list[ModuleType]]:
     table: dict[str, list[ModuleType]] = {}
-    for info in pkgutil.iter_modules(families.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{families.__name__}.{info.name}")
+    for module in family_modules():
         for model_type in module.MODEL_TYPES:
             table.setdefault(model_type, []).append(module)
     for modules in table.values():
@@ -34,14 +43,37 @@ def supported_model_types() -> list[str]:
     return sorted(_families())
 
 
+def auto_config_class(config: dict) -> str | None:
+    """The class name auto_map's "AutoConfig" entry points at (remote code), else None."""
+    ref = (config.get("auto_map") or {}).get("AutoConfig")
+    return ref.rsplit(".", 1)[-1] if isinstance(ref, str) else None
+
+
+def _claimed_by_auto_map(config: dict) -> ModuleType | None:
+    name = auto_config_class(config)
+    return next((m for m in family_modules() if name and getattr(m, "AUTO_CONFIG", None) == name), None)
+
+
 def family_for(config: dict) -> ModuleType:
     """The family module that converts a checkpoint with this config.json."""
+    claimed = _claimed_by_auto_map(config)
+    if claimed is not None:
+        return claimed
     model_type = config.get("model_type")
     table = _families()
     for module in table.get(model_type, []):
         if all(config.get(k) == v for k, v in getattr(module, "CONFIG_MATCH", {}).items()):
             return module
+    auto = sorted(m.AUTO_CONFIG for m in family_modules() if hasattr(m, "AUTO_CONFIG"))
     raise UnsupportedConfig(
-        f"unknown architecture: model_type {model_type!r} (architectures {config.get('architectures')}); "
-        f"supported model_types: {sorted(table)}"
+        f"unknown architecture: model_type {model_type!r} (architectures {config.get('architectures')}, "
+        f"auto_map AutoConfig class {auto_config_class(config)!r}); supported model_types: {sorted(table)}, "
+        f"remote-code config classes: {auto}"
     )
+
+
+def head_key(config: dict) -> str:
+    """The key of this checkpoint's classification-head rules in its family's HEADS: the AUTO_CONFIG class
+    for a config claimed through auto_map, else config.json's model_type."""
+    claimed = _claimed_by_auto_map(config)
+    return claimed.AUTO_CONFIG if claimed is not None else config["model_type"]

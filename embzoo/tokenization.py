@@ -14,10 +14,10 @@ log = logging.getLogger(__name__)
 
 def fast_tokenizer(folder: Path) -> tuple[Any, Tokenizer]:
     """The folder's tokenizer as transformers loads it (tokenizer.json or vocab files), and a copy of its
-    Rust backend."""
+    Rust backend. Never the checkpoint's remote code (config.json's auto_map), and never a prompt asking to."""
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(folder))
+    hf = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     if not getattr(hf, "is_fast", False):
         raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
     return hf, Tokenizer.from_str(hf.backend_tokenizer.to_str())

@@ -144,3 +144,20 @@ def variant_output(ours, seqs, **changes) -> torch.Tensor:
     other.load_state_dict(ours.state_dict())
     with torch.no_grad():
         return other(PackedBatch.from_sequences(seqs))
+
+
+def no_type_ids(folder: Path) -> None:
+    """Make the folder's tokenizer return no token_type_ids, as XLM-R's and ModernBERT's tokenizers do."""
+    path = folder / "tokenizer_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"model_input_names": ["input_ids", "attention_mask"]}))
+
+
+def reference_logits(folder: Path, model: torch.nn.Module, pairs, max_length: int) -> torch.Tensor:
+    """A transformers classifier's first logit per pair, on the folder tokenizer's own padded pair encoding
+    (truncation=True, i.e. longest_first)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    enc = tok([q for q, _ in pairs], [d for _, d in pairs], padding=True, truncation=True, max_length=max_length)
+    with torch.no_grad():
+        return model(**{k: torch.tensor(v) for k, v in enc.items()}).logits[:, 0]

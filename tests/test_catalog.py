@@ -3,11 +3,11 @@
 import pytest
 
 from embzoo.catalog import CATALOG, lookup
-from embzoo.registry import _families
+from embzoo.registry import family_modules
 
 
 def test_every_entry_names_a_family_module():
-    families = {m.__name__.rsplit(".", 1)[-1] for modules in _families().values() for m in modules}
+    families = {m.__name__.rsplit(".", 1)[-1] for m in family_modules()}
     assert {e.family for e in CATALOG.values()} <= families
 
 

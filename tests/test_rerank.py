@@ -8,9 +8,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_QWEN3
+from conftest import TINY_QWEN3, no_type_ids, reference_logits
 from transformers import (
-    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     ModernBertConfig,
@@ -49,20 +48,6 @@ DOCS = [
 ]
 PAIRS = [(QUERY, d) for d in DOCS] + [("", "an empty query"), ("short", "pair"), ("long query " * 20, "short doc")]
 MAX_LEN = 40  # tokens per pair in the parity tests, so that some pairs are truncated
-
-
-def no_type_ids(folder):
-    """Make the folder's tokenizer return no token_type_ids, as XLM-R's and ModernBERT's tokenizers do."""
-    path = folder / "tokenizer_config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | {"model_input_names": ["input_ids", "attention_mask"]}))
-
-
-def reference_logits(folder, model, pairs, max_length):
-    """transformers on the tokenizer's own padded pair encoding (truncation=True, i.e. longest_first)."""
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    enc = tok([q for q, _ in pairs], [d for _, d in pairs], padding=True, truncation=True, max_length=max_length)
-    with torch.no_grad():
-        return model(**{k: torch.tensor(v) for k, v in enc.items()}).logits[:, 0]
 
 
 def bert_checkpoint(make_checkpoint, **changes):
@@ -226,7 +211,7 @@ def test_unsupported_classifiers_are_refused(make_checkpoint):
     with pytest.raises(UnsupportedConfig, match="2 labels"):
         embzoo.load(two_labels, device="cpu")
     qwen, _ = make_checkpoint(Qwen3ForSequenceClassification, Qwen3Config(**TINY_QWEN3, num_labels=1), name="qwen")
-    with pytest.raises(UnsupportedConfig, match="no sequence-classification head for model_type 'qwen3'"):
+    with pytest.raises(UnsupportedConfig, match="no sequence-classification head for 'qwen3'"):
         embzoo.load(qwen, device="cpu")
 
 

@@ -13,7 +13,7 @@ from embzoo.conversion.snapshot import DenseSpec, Snapshot
 from embzoo.conversion.stream import Transform, load_state
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.heads import ClassificationHead, Dense, dense_activation
-from embzoo.registry import family_for
+from embzoo.registry import family_for, head_key
 
 DENSE_WEIGHTS = [Rule(r"^linear\.(?P<p>weight|bias)$", "linear.{p}")]
 HEAD_PREFIX = "head."
@@ -48,7 +48,7 @@ def load_backbone(
     family = family_for(snapshot.config)
     arch = family.to_arch(snapshot.config)
     with_head = is_classifier(snapshot.config) if with_head is None else with_head
-    head_rules = family.HEADS[snapshot.config["model_type"]]
+    head_rules = family.HEADS[head_key(snapshot.config)]
     with torch.device("meta"):
         backbone = Backbone(arch, attn_backend)
         head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
