@@ -48,6 +48,7 @@ class Embedder:
         instruction_template: str = "",
         instruction_mask: str = "prompt",
         text_suffix: str = "",
+        task_instructions: dict[str, str] | None = None,
         name: str = "",
     ):
         self.model = model.eval()
@@ -66,6 +67,7 @@ class Embedder:
             raise ValueError(f"instruction_mask {instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
         self.instruction_mask = instruction_mask
         self.text_suffix = text_suffix
+        self.task_instructions = dict(task_instructions or {})
         self.name = name
 
     @property
@@ -125,6 +127,7 @@ class Embedder:
         output: str = "sentence",
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
+        task: str | Sequence[str] | None = None,
     ) -> Any:
         """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
@@ -137,19 +140,25 @@ class Embedder:
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
         Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
         batch_tokens: tokens per packed batch (None: 16384 on CUDA, 4096 elsewhere).
+
+        task (task-LoRA models, jina-embeddings-v3): a task name, or one per text; each text runs with its task's
+        adapter and is prefixed by its task's instruction (then pass no prompt). No task: the base weights, no
+        instruction. A single-task call merges the adapter into the weights when memory allows (see
+        embzoo.modeling.task_lora); mixed tasks run grouped by task, the adapter added per batch.
         """
         texts, single = _as_texts(sentences)
-        prefix = self._prompt(prompt_name, prompt, instruction)
+        tasks = self._tasks(task, len(texts), (prompt_name, prompt, instruction))
+        prefix = "" if tasks is not None else self._prompt(prompt_name, prompt, instruction)
         self._check_output_args(output, dimensions, precision)
         normalize = self.normalize if normalize is None else normalize
         if batch_tokens is None:
             batch_tokens = 16384 if self.device.type == "cuda" else 4096
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
         if output == "tokens":
-            states = self._run(texts, prefix, batch_tokens, show, tokens=True)
+            states = self._run_tasks(texts, tasks, prefix, batch_tokens, show, tokens=True)
             states = states if convert_to_tensor else [s.cpu().numpy() for s in states]
             return states[0] if single else states
-        vectors = self._run(texts, prefix, batch_tokens, show, tokens=False)
+        vectors = self._run_tasks(texts, tasks, prefix, batch_tokens, show, tokens=False)
         if dimensions is not None:
             if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
                 vectors = F.layer_norm(vectors, (vectors.shape[-1],))
@@ -163,6 +172,46 @@ class Embedder:
         elif not convert_to_tensor:
             vectors = vectors.cpu().numpy()
         return vectors[0] if single else vectors
+
+    def _tasks(self, task: str | Sequence[str] | None, count: int, prompts: tuple) -> list[str] | None:
+        """One task name per text (None without a task), checked against the model's adapters."""
+        if task is None:
+            return None
+        lora = self.model.backbone.task_lora
+        if lora is None:
+            raise ValueError(f"{self.name or 'this model'} has no task adapters; call encode without task=")
+        if any(p is not None for p in prompts):
+            raise ValueError("task= sets the prompt (its instruction); pass no prompt, prompt_name or instruction")
+        tasks = [task] * count if isinstance(task, str) else list(task)
+        if len(tasks) != count:
+            raise ValueError(f"task= has {len(tasks)} names for {count} texts; pass one task, or one per text")
+        for name in dict.fromkeys(tasks):
+            lora.index(name)
+        return tasks
+
+    def _run_tasks(
+        self, texts: list[str], tasks: list[str] | None, prefix: str, batch_tokens: int, show: bool, tokens: bool
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """_run, with each text's task adapter and instruction: texts grouped by task, one group at a time (the
+        adapter merged into the weights when there is one group and memory allows), results in the caller's order."""
+        if tasks is None:
+            return self._run(texts, prefix, batch_tokens, show, tokens)
+        lora = self.model.backbone.task_lora
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(tasks):
+            groups.setdefault(name, []).append(i)
+        if len(groups) == 1:
+            (name,) = groups
+            with lora.merged(name) if lora.can_merge() else lora.active(name):
+                return self._run(texts, self.task_instructions.get(name, ""), batch_tokens, show, tokens)
+        results: list[Any] = [None] * len(texts)
+        for name, idx in groups.items():
+            with lora.active(name):
+                instruction = self.task_instructions.get(name, "")
+                out = self._run([texts[i] for i in idx], instruction, batch_tokens, show, tokens)
+            for i, row in zip(idx, out, strict=True):
+                results[i] = row
+        return results if tokens else torch.stack(results)
 
     def _check_output_args(self, output: str, dimensions: int | None, precision: str) -> None:
         if output not in OUTPUTS:

@@ -40,6 +40,13 @@ LLM2VEC_WRAPS = {
     "Meta-Llama-3-8B-Instruct": ("<|start_header_id|>user<|end_header_id|>\n\n", "<|eot_id|>"),
 }
 QWEN_END = "<|endoftext|>"  # Qwen embedders end inputs with it (their eos_token is <|im_end|>, a different one)
+JINA_V3_TASKS = {
+    "retrieval.query": "Represent the query for retrieving evidence documents: ",
+    "retrieval.passage": "Represent the document for retrieval: ",
+    "separation": "",
+    "classification": "",
+    "text-matching": "",
+}
 WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query"
 INSTRUCTION_MASKS = ("prompt", "prompt_tokens", "text_tokens")
 
@@ -76,6 +83,8 @@ class CatalogEntry:
     yes_no: str = ""
     # a listwise reranker: its prompt builder in embzoo.listwise_templates.TEMPLATES ("" = not one); dimension 1
     listwise: str = ""
+    # task LoRA models: task → the instruction prepended to its texts (config.json's task_instructions win)
+    task_instructions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
@@ -115,6 +124,9 @@ def _entries() -> list[CatalogEntry]:
           summary="GTE embedder on ModernBERT (local/global attention), CLS pooling."),
         e("jinaai/jina-embeddings-v2-small-en", "jina_bert", ("mean",), 512, 8192, "apache-2.0",
           summary="jina-embeddings-v2 small (ALiBi, GeGLU), 8192 tokens."),
+        e("jinaai/jina-embeddings-v3", "jina_embeddings_v3", ("mean",), 1024, 8192, "cc-by-nc-4.0", "multilingual",
+          task_instructions=JINA_V3_TASKS, summary="jina-embeddings-v3 (XLM-R + RoPE, 8192 tokens); encode(task=...) "
+          "picks one of 5 task LoRA adapters and its instruction; Matryoshka 32..1024."),
     ]
     for size, dim in (("0.6B", 1024), ("4B", 2560), ("8B", 4096)):
         out.append(e(f"Qwen/Qwen3-Embedding-{size}", "llama", ("lasttoken",), dim, 32768, "apache-2.0", "multilingual",

@@ -84,12 +84,20 @@ class ArchConfig:
     mlp_gated: bool = False  # up projects to [gate; up] (2 × intermediate): down(act(gate) * up)
     mlp_bias: bool = True
     mlp_up_bias: bool = True  # False: only the down projection has a bias (GTE, jina-v2 gated layers)
+    # task LoRA (jina-embeddings-v3): stacked factors per task on every Linear and Embedding of the backbone,
+    # W_t = W + delta_t · lora_alpha / lora_rank (see embzoo.modeling.task_lora); () = none
+    lora_tasks: tuple[str, ...] = ()
+    lora_rank: int = 0
+    lora_alpha: float = 1.0
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UnsupportedConfig(f"ArchConfig.{name}={getattr(self, name)!r}; allowed: {allowed}")
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "lora_tasks", tuple(self.lora_tasks))
+        if self.lora_tasks and self.lora_rank < 1:
+            raise UnsupportedConfig(f"lora_tasks {self.lora_tasks} need lora_rank >= 1, got {self.lora_rank}")
         if self.layer_types and (len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES)):
             raise UnsupportedConfig(
                 f"layer_types {self.layer_types} must name {self.num_layers} layers, each one of {LAYER_TYPES}"

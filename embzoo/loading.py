@@ -134,6 +134,8 @@ def load(
     merge.check()
     pipe = snap.pipeline
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
+    if quantize and backbone.task_lora is not None:
+        raise ValueError(f"{root}: 8/4-bit loading does not keep task LoRA adapters; load this model without it")
     if quantize:  # block by block from the host: the device never holds every full weight
         backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
@@ -198,5 +200,6 @@ def _embedder(
         instruction_template=entry.instruction_template if entry else "",
         instruction_mask=entry.instruction_mask if entry else "prompt",
         text_suffix=entry.text_suffix if entry else "",
+        task_instructions={**(entry.task_instructions if entry else {}), **snap.config.get("task_instructions", {})},
         name=name,
     )

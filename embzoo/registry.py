@@ -7,7 +7,9 @@ before the family that claims the model_type unconditionally.
 Remote-code checkpoints may carry no model_type at all (jina-reranker-v2's config.json has none); a family
 that declares AUTO_CONFIG, the name of a remote-code config class, claims every config.json whose auto_map
 "AutoConfig" names that class ("<repo>--<module>.<Class>" or "<module>.<Class>"), before any model_type
-claim. Its HEADS are keyed by that class name (`head_key`).
+claim. Its HEADS are keyed by that class name (`head_key`). Families sharing a remote-code config class
+(jina-reranker-v2 and jina-embeddings-v3 both use XLMRobertaFlashConfig) tell their configs apart with
+AUTO_CONFIG_MATCH, config.json values the claim requires; those are tried first.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ def auto_config_class(config: dict) -> str | None:
 
 def _claimed_by_auto_map(config: dict) -> ModuleType | None:
     name = auto_config_class(config)
-    return next((m for m in family_modules() if name and getattr(m, "AUTO_CONFIG", None) == name), None)
+    claims = [m for m in family_modules() if name and getattr(m, "AUTO_CONFIG", None) == name]
+    claims.sort(key=lambda m: not getattr(m, "AUTO_CONFIG_MATCH", None))  # conditional claims first
+    matches = (m for m in claims if all(config.get(k) == v for k, v in getattr(m, "AUTO_CONFIG_MATCH", {}).items()))
+    return next(matches, None)
 
 
 def family_for(config: dict) -> ModuleType:

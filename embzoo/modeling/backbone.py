@@ -11,10 +11,12 @@ from embzoo.modeling.block import Block, LayerContext
 from embzoo.modeling.embeddings import Embeddings
 from embzoo.modeling.layers import make_norm
 from embzoo.modeling.positions import alibi_tensor, rotary_tables
+from embzoo.modeling.task_lora import TaskLoRA, attach_task_lora
 
 
 class Backbone(nn.Module):
-    """PackedBatch → hidden states [T, D]. attn_backend forces one attention backend (None = auto)."""
+    """PackedBatch → hidden states [T, D]. attn_backend forces one attention backend (None = auto).
+    With cfg.lora_tasks, `task_lora` holds the per-task LoRA of every Linear and Embedding (else None)."""
 
     def __init__(self, cfg: ArchConfig, attn_backend: str | None = None):
         super().__init__()
@@ -23,6 +25,9 @@ class Backbone(nn.Module):
         self.embed = Embeddings(cfg)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.final_norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
+        self.task_lora: TaskLoRA | None = None
+        if cfg.lora_tasks:
+            self.task_lora = attach_task_lora(self, cfg.lora_tasks, cfg.lora_rank, cfg.lora_alpha)
 
     @property
     def max_seq_len(self) -> int:

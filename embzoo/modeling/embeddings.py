@@ -28,8 +28,8 @@ class Embeddings(nn.Module):
         if self.pos is not None:
             h = h + self.pos(batch.positions + self.cfg.position_offset)
         if self.token_type is not None:
-            # no token types given means every token is type 0 (a single segment)
-            h = h + (
-                self.token_type.weight[0] if batch.token_type_ids is None else self.token_type(batch.token_type_ids)
-            )
+            # no token types given means every token is type 0 (a single segment); looked up through the module,
+            # so a task LoRA on it applies
+            types = batch.token_type_ids if batch.token_type_ids is not None else batch.input_ids.new_zeros(1)
+            h = h + self.token_type(types)
         return self.norm(h)

@@ -11,7 +11,7 @@ RoBERTa's classification head); only the names and the config differ. Quirks and
 - The embedding LayerNorm sits beside the embeddings as emb_ln → `embed.norm`.
 - hidden_act: the remote code accepts only the GELUs: "gelu" is exact, "gelu_new" / "gelu_fast" /
   "gelu_pytorch_tanh" are its tanh approximation → `activation`.
-- position_embedding_type "rotary" (jina-embeddings-v3, with LoRA adapters) is rejected.
+- position_embedding_type "rotary" (jina-embeddings-v3, with LoRA adapters) is the jina_embeddings_v3 family's.
 - Classification head (XLMRobertaForSequenceClassification): CLS → classifier.dense → tanh →
   classifier.out_proj, as RoBERTa's; the backbone has no pooler there (a plain XLMRobertaModel's is dropped).
 """
@@ -38,7 +38,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
     if positions != "absolute":
         raise UnsupportedConfig(
             f"{NAME}: position_embedding_type {positions!r}; only 'absolute' (jina-reranker-v2) is supported, "
-            "not the rotary variant of jina-embeddings-v3"
+            "the rotary variant (jina-embeddings-v3) is the jina_embeddings_v3 family's"
         )
     pad = hf.get("pad_token_id", 1)
     if pad is None:
