@@ -68,6 +68,6 @@ def load_listwise_reranker(
         )
     tokenizer, _ = fast_tokenizer(snapshot.model_dir)
     context = min(tokenizer.model_max_length, limit) if max_seq_length is None else max_seq_length
-    prompts = TEMPLATES[entry.listwise](tokenizer, context)
+    prompts = TEMPLATES[entry.listwise](tokenizer, context, positions=limit)
     scorer = MarkerProjector(backbone, load_projector(snapshot, device=device), prompts.query_id, prompts.doc_id)
     return ListwiseReranker(scorer, prompts, name=name)

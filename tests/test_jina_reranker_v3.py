@@ -55,7 +55,7 @@ def checkpoint(tmp_path):
     """A tiny random JinaForRanking in the Hub layout (Qwen3 weights under model., projector.0 / .2): returns
     (folder, transformers model, projector weights, tokenizer)."""
 
-    def build(context=100_000, name="jina"):
+    def build(context=100_000, name="jina", positions=32768):
         folder = tmp_path / name
         folder.mkdir()
         vocab = write_tokenizer(folder, context)
@@ -68,6 +68,7 @@ def checkpoint(tmp_path):
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=8,
+            max_position_embeddings=positions,
             initializer_range=0.3,
             tie_word_embeddings=True,
         )
@@ -117,7 +118,11 @@ def reference_blocks(lengths, query_length, context, block_size, max_doc):
     return blocks + ([block] if block else [])
 
 
-def reference_scores(model, proj, tok, query, docs, *, block_size=125, max_query=512, max_doc=2048, instruction=None):
+def reference_scores(
+    model, proj, tok, query, docs, *, block_size=125, max_query=512, max_doc=2048, instruction=None, blocks=None
+):
+    """The reference's scores; blocks: the document indices of each prompt (None = the reference's own split)."""
+
     def cut(text, limit):
         ids = tok(text, truncation=True, max_length=limit)["input_ids"]
         return (tok.decode(ids) if len(ids) >= limit else text), len(ids)
@@ -126,7 +131,9 @@ def reference_scores(model, proj, tok, query, docs, *, block_size=125, max_query
     docs, lengths = zip(*[cut(d, max_doc) for d in docs], strict=True)
     qid, did = tok.convert_tokens_to_ids("<|rerank_token|>"), tok.convert_tokens_to_ids("<|embed_token|>")
     queries, documents, weights = [], [], []
-    for block in reference_blocks(lengths, query_length, tok.model_max_length, block_size, max_doc):
+    if blocks is None:
+        blocks = reference_blocks(lengths, query_length, tok.model_max_length, block_size, max_doc)
+    for block in blocks:
         ids = torch.tensor(tok(reference_prompt(query, [docs[i] for i in block], instruction))["input_ids"])
         with torch.no_grad():
             hidden = model.model(input_ids=ids[None]).last_hidden_state[0]
@@ -200,6 +207,25 @@ def test_context_closes_blocks_like_the_reference(checkpoint):
         lengths = rng.integers(0, 60, size=int(rng.integers(1, 30))).tolist()
         got = [list(r) for r in T.blocks(lengths, 7, 300, 4, 50)]
         assert got == reference_blocks(lengths, 7, 300, 4, 50)
+
+
+def test_blocks_beyond_the_positions_are_split_again(checkpoint):
+    folder, model, proj, tok = checkpoint(positions=1200)  # context = min(100000, 1200)
+    reranker = load(folder)
+    reranker.prompts.document_tokens = 100
+    docs = [f"document {k}: " + "abc " * 30 for k in range(12)]
+    query_length = len(tok(QUERY)["input_ids"])
+    lengths = [len(tok(d)["input_ids"]) for d in docs]
+    first = [list(r) for r in T.blocks(lengths, query_length, 1200, 125, 100)]
+    assert max(len(tok(reference_prompt(QUERY, [docs[i] for i in b]))["input_ids"]) for b in first) > 1200
+    blocks, _ = reranker.prompts.encode(QUERY, docs, None)
+    assert len(blocks) > len(first) and all(len(b.ids) <= 1200 for b in blocks)
+    assert [i for b in blocks for i in b.documents] == list(range(len(docs)))
+    want = reference_scores(model, proj, tok, QUERY, docs, max_doc=100, blocks=[list(b.documents) for b in blocks])
+    check(reranker.score([(QUERY, d) for d in docs]), want)
+    reranker.prompts.document_tokens = 2048
+    with pytest.raises(ValueError, match="one document is .* more than the model's 1200 positions"):
+        reranker.rank(QUERY, ["abc " * 400])
 
 
 def test_truncation_limits_and_warning(checkpoint, caplog):
