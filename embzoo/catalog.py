@@ -42,6 +42,7 @@ LLM2VEC_WRAPS = {
 QWEN_END = "<|endoftext|>"  # Qwen embedders end inputs with it (their eos_token is <|im_end|>, a different one)
 WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query"
 INSTRUCTION_MASKS = ("prompt", "prompt_tokens", "text_tokens")
+RERANKER_ACTIVATIONS = ("", "sigmoid", "none")  # "" = the checkpoint's or template's own default
 
 
 def instructed(template: str, default: str, document: str = "") -> dict[str, str]:
@@ -76,10 +77,15 @@ class CatalogEntry:
     yes_no: str = ""
     # a listwise reranker: its prompt builder in embzoo.listwise_templates.TEMPLATES ("" = not one); dimension 1
     listwise: str = ""
+    # a reranker's default output as its model card prints it: "sigmoid" or "none" (the raw logit); "" = what the
+    # checkpoint's files (cross-encoders) or its template (yes/no, listwise) say
+    activation: str = ""
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
             raise ValueError(f"{self.hub_id}: instruction_mask {self.instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
+        if self.activation not in RERANKER_ACTIVATIONS:
+            raise ValueError(f"{self.hub_id}: activation {self.activation!r}; allowed: {RERANKER_ACTIVATIONS}")
 
 
 SIZES = (("small", 384), ("base", 768), ("large", 1024))
@@ -175,18 +181,20 @@ def _entries() -> list[CatalogEntry]:
                  listwise="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
                  "in one prompt, cosine of projected marker states)."))
     # cross-encoder rerankers (*ForSequenceClassification, load() returns a Reranker): the classification
-    # head pools its own input (pooling ()), one relevance score (dimension 1)
+    # head pools its own input (pooling ()), one relevance score (dimension 1); activation "none" where the
+    # card's FlagReranker / compute_score prints raw logits
     out += [
         e("cross-encoder/ms-marco-MiniLM-L6-v2", "bert", (), 1, 512, "apache-2.0", normalize=False,
           summary="MS MARCO cross-encoder (MiniLM, 6 layers); raw logits by default (its config says Identity)."),
-        e("BAAI/bge-reranker-base", "bert", (), 1, 512, "mit", "zh,en", normalize=False,
+        e("BAAI/bge-reranker-base", "bert", (), 1, 512, "mit", "zh,en", normalize=False, activation="none",
           summary="BGE cross-encoder (XLM-R base head: classifier.dense → tanh → out_proj)."),
-        e("BAAI/bge-reranker-large", "bert", (), 1, 512, "mit", "zh,en", normalize=False,
+        e("BAAI/bge-reranker-large", "bert", (), 1, 512, "mit", "zh,en", normalize=False, activation="none",
           summary="BGE cross-encoder (XLM-R large head: classifier.dense → tanh → out_proj)."),
         e("BAAI/bge-reranker-v2-m3", "bert", (), 1, 8192, "apache-2.0", "multilingual", normalize=False,
-          summary="BGE v2 multilingual cross-encoder on bge-m3 (XLM-R large, 8192 tokens)."),
+          activation="none", summary="BGE v2 multilingual cross-encoder on bge-m3 (XLM-R large, 8192 tokens)."),
         e("Alibaba-NLP/gte-multilingual-reranker-base", "gte", (), 1, 8192, "apache-2.0", "multilingual",
-          normalize=False, summary="Multilingual GTE cross-encoder (CLS → pooler.dense → tanh → classifier)."),
+          normalize=False, activation="none",
+          summary="Multilingual GTE cross-encoder (CLS → pooler.dense → tanh → classifier)."),
         e("Alibaba-NLP/gte-reranker-modernbert-base", "modernbert", (), 1, 8192, "apache-2.0", normalize=False,
           summary="GTE cross-encoder on ModernBERT (head: dense → GELU → norm → classifier)."),
         e("jinaai/jina-reranker-v1-turbo-en", "jina_bert", (), 1, 8192, "apache-2.0", normalize=False,

@@ -40,11 +40,12 @@ class ListwiseReranker:
     Scores are cosines in [-1, 1] (the reference's relevance_score); there is no other activation.
     """
 
-    activation = "none"
-
-    def __init__(self, scorer: MarkerProjector, prompts: JinaV3Prompts, *, name: str = ""):
+    def __init__(self, scorer: MarkerProjector, prompts: JinaV3Prompts, *, activation: str = "none", name: str = ""):
+        if activation != "none":
+            raise ValueError(f"{name or 'a listwise reranker'} scores by cosine only; activation {activation!r}")
         self.scorer = scorer.eval()
         self.prompts = prompts
+        self.activation = activation
         self.name = name
 
     @property

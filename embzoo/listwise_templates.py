@@ -83,11 +83,14 @@ class Block:
 
 class JinaV3Prompts:
     """Turns a query and its documents into block prompts' token ids with the checkpoint's tokenizer.
+    Its scores are cosines (activation "none"); nothing else applies.
 
     context: the reference's tokenizer.model_max_length (what block splitting fills); positions: the most tokens
     one prompt may have (the backbone's max_seq_len); the limits are the reference's `rerank` defaults.
     query_id / doc_id: the marker tokens' ids in this tokenizer.
     """
+
+    activation = "none"
 
     def __init__(
         self,

@@ -138,7 +138,7 @@ def load(
         backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     if head is not None:
-        return cross_encoder(snap, backbone, head.to(device), limit, name)
+        return cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
     return _embedder(snap, entry, backbone, limit, name, dtype=dtype, device=device)
 
 

@@ -70,4 +70,4 @@ def load_listwise_reranker(
     context = min(tokenizer.model_max_length, limit) if max_seq_length is None else max_seq_length
     prompts = TEMPLATES[entry.listwise](tokenizer, context, positions=limit)
     scorer = MarkerProjector(backbone, load_projector(snapshot, device=device), prompts.query_id, prompts.doc_id)
-    return ListwiseReranker(scorer, prompts, name=name)
+    return ListwiseReranker(scorer, prompts, activation=entry.activation or prompts.activation, name=name)

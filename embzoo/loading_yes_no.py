@@ -50,4 +50,5 @@ def load_yes_no_reranker(
     if total != inputs.max_length:  # the template's own tokens stay; the query/document budget changes
         inputs = template(tokenizer, total - (inputs.max_length - inputs.length))
     row = score_row(snapshot, *inputs.score_tokens()).to(device)
-    return Reranker(ScoreRowScorer(backbone, row), inputs, activation=template.activation, name=name)
+    activation = entry.activation or template.activation
+    return Reranker(ScoreRowScorer(backbone, row), inputs, activation=activation, name=name)

@@ -2,6 +2,7 @@
 (transformers Qwen3 on the same prompt's ids, hidden states at the markers, the projector, cosine, blocks combined
 by weighted query vectors); ranking order; block splitting; truncation; marker stripping; template strings."""
 
+import dataclasses
 import functools
 import json
 import logging
@@ -303,6 +304,13 @@ def test_template_strings_are_byte_exact():
         'based on their relevance to query: q\n<instruct>\ni\n</instruct>\n<passage id="0">\nd1<|embed_token|>\n'
         '</passage>\n<passage id="1">\nd2<|embed_token|>\n</passage>\n<query>\nq<|rerank_token|>\n</query>' + SUFFIX
     )
+
+
+def test_the_catalogs_activation_must_be_cosine(checkpoint, monkeypatch):
+    folder, *_ = checkpoint()
+    monkeypatch.setitem(CATALOG, RECIPE, dataclasses.replace(CATALOG[RECIPE], activation="sigmoid"))
+    with pytest.raises(ValueError, match="cosine only; activation 'sigmoid'"):
+        load(folder)
 
 
 def test_catalog_entry():

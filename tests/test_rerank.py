@@ -2,6 +2,7 @@
 the tokenizer's own padded pair encoding, against sentence-transformers' CrossEncoder, rank / score
 behaviour, bad input, and the `embzoo rerank` command."""
 
+import dataclasses
 import json
 import logging
 
@@ -21,6 +22,7 @@ from transformers import (
 )
 
 import embzoo
+from embzoo.catalog import CATALOG
 from embzoo.cli import main
 from embzoo.config import UnsupportedConfig
 
@@ -134,6 +136,22 @@ def test_stored_activation_is_the_default(make_checkpoint, tmp_path):
     CrossEncoder(str(folder), activation_fn=torch.nn.Sigmoid()).save(str(saved))
     assert json.loads((saved / "config_sentence_transformers.json").read_text())["activation_fn"].endswith("Sigmoid")
     assert embzoo.load(saved, device="cpu").activation == "sigmoid"
+
+
+def test_the_catalogs_activation_comes_first(make_checkpoint):
+    folder, _ = bert_checkpoint(make_checkpoint)
+    assert embzoo.load(folder, device="cpu").activation == "sigmoid"  # no stored activation: sentence-transformers'
+    reranker = embzoo.load(folder, device="cpu", recipe="BAAI/bge-reranker-base")  # its card prints raw logits
+    assert reranker.activation == "none"
+    np.testing.assert_allclose(reranker.score(PAIRS), reranker.score(PAIRS, activation="none"), atol=0)
+    assert {h for h, e in CATALOG.items() if e.activation == "none"} == {
+        "BAAI/bge-reranker-base",
+        "BAAI/bge-reranker-large",
+        "BAAI/bge-reranker-v2-m3",
+        "Alibaba-NLP/gte-multilingual-reranker-base",
+    }
+    with pytest.raises(ValueError, match="activation 'tanh'"):
+        dataclasses.replace(CATALOG["BAAI/bge-reranker-base"], activation="tanh")
 
 
 def test_an_activation_embzoo_lacks_falls_back_to_sigmoid_with_a_warning(tmp_path, caplog):

@@ -207,6 +207,13 @@ def test_default_activation_is_the_references_output(checkpoint):
     assert reranker.activation == "sigmoid" and 0 < reranker.score([(QUERY, DOCS[0])])[0] < 1
 
 
+def test_the_catalogs_activation_overrides_the_templates(checkpoint, monkeypatch):
+    recipe = CASES["qwen3_untied"][3]
+    monkeypatch.setitem(CATALOG, recipe, dataclasses.replace(CATALOG[recipe], activation="none"))
+    reranker, *_ = load_case(checkpoint, "qwen3_untied")
+    assert reranker.activation == "none"
+
+
 @pytest.mark.parametrize("case", ["qwen3_tied", "qwen3_untied", "bge_gemma"])
 def test_score_row_reads_the_tied_or_untied_head(checkpoint, case):
     model_cls, config_cls, extra, *_ = CASES[case]
