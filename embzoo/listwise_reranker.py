@@ -121,12 +121,12 @@ class ListwiseReranker:
     ) -> list[np.ndarray]:
         """Each list's scores: all lists' blocks forwarded in length-sorted token-budget batches, then combined."""
         blocks: list[Block] = []
-        owner: list[int] = []  # the list each block belongs to
+        mine: list[range] = []  # each list's block indices
         truncated = 0
-        for n, (query, members) in enumerate(lists.items()):
+        for query, members in lists.items():
             encoded, cut = self.prompts.encode(query, [pairs[i][1] for i in members], instruction)
+            mine.append(range(len(blocks), len(blocks) + len(encoded)))
             blocks += encoded
-            owner += [n] * len(encoded)
             truncated += cut
         self.prompts.warn_truncated(truncated, len(lists) + len(pairs))
         queries: list[torch.Tensor] = [None] * len(blocks)  # type: ignore[list-item]
@@ -136,7 +136,6 @@ class ListwiseReranker:
             per_block = d.split([len(blocks[i].documents) for i in idx])
             for row, (i, doc_vectors) in enumerate(zip(idx.tolist(), per_block, strict=True)):
                 queries[i], documents[i] = q[row], doc_vectors
-        mine = [[i for i, o in enumerate(owner) if o == n] for n in range(len(lists))]
         return [
             combine_blocks(torch.stack([queries[i] for i in m]), [documents[i] for i in m]).cpu().numpy() for m in mine
         ]

@@ -86,7 +86,8 @@ class JinaV3Prompts:
     Its scores are cosines (activation "none"); nothing else applies.
 
     context: the reference's tokenizer.model_max_length (what block splitting fills); positions: the most tokens
-    one prompt may have (the backbone's max_seq_len); the limits are the reference's `rerank` defaults.
+    one prompt may have (the backbone's max_seq_len); the limits are the reference's `rerank` defaults, fixed at
+    construction (each has its own truncating backend).
     query_id / doc_id: the marker tokens' ids in this tokenizer.
     """
 
@@ -106,6 +107,10 @@ class JinaV3Prompts:
         self.tokenizer = plain_backend(tokenizer)
         self.context, self.positions, self.block_documents = context, positions, block_documents
         self.query_tokens, self.document_tokens = query_tokens, document_tokens
+        self.cutters = {}  # limit → a private backend truncating to it (never toggled: safe to share across threads)
+        for limit in (query_tokens, document_tokens):
+            self.cutters[limit] = plain_backend(tokenizer)
+            self.cutters[limit].enable_truncation(max_length=limit)
         ids = [self.tokenizer.token_to_id(m) for m in (QUERY_MARKER, DOC_MARKER)]
         if None in ids:
             raise ValueError(
@@ -115,11 +120,9 @@ class JinaV3Prompts:
         self.query_id, self.doc_id = ids
 
     def truncate(self, texts: Sequence[str], limit: int) -> tuple[list[str], list[int], int]:
-        """Texts cut to `limit` tokens (one that reaches it is decoded from its tokens), their token counts, and
-        how many were longer than the limit."""
-        self.tokenizer.enable_truncation(max_length=limit)
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        self.tokenizer.no_truncation()
+        """Texts cut to `limit` (query_tokens or document_tokens) tokens (one that reaches it is decoded from its
+        tokens), their token counts, and how many were longer than the limit."""
+        encodings = self.cutters[limit].encode_batch(list(texts), add_special_tokens=True)
         out = [self.hf.decode(e.ids) if len(e.ids) >= limit else t for t, e in zip(texts, encodings, strict=True)]
         return out, [len(e.ids) for e in encodings], sum(1 for e in encodings if e.overflowing)
 

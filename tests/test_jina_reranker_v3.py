@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -155,6 +156,13 @@ def load(folder, **kwargs):
     return embzoo.load(folder, recipe=RECIPE, device="cpu", dtype="float32", **kwargs)
 
 
+def limit(reranker, **limits):
+    """The reranker with its prompt builder rebuilt with other truncation limits (query_tokens, document_tokens)."""
+    old = reranker.prompts
+    reranker.prompts = T.JinaV3Prompts(old.hf, old.context, positions=old.positions, **limits)
+    return reranker
+
+
 def check(ours, want):
     diff = float(np.abs(ours - want).max())
     assert diff <= 1e-4, diff
@@ -196,7 +204,7 @@ def test_blocks_of_a_long_list_combine_like_the_reference(checkpoint, block_size
 def test_context_closes_blocks_like_the_reference(checkpoint):
     folder, model, proj, tok = checkpoint(context=160)
     reranker = load(folder)
-    reranker.prompts.document_tokens = 40
+    limit(reranker, document_tokens=40)
     lengths = [len(tok(d)["input_ids"]) for d in DOCS]
     query_length = len(tok(QUERY)["input_ids"])
     expected = reference_blocks(lengths, query_length, 160, 125, 40)
@@ -213,7 +221,7 @@ def test_context_closes_blocks_like_the_reference(checkpoint):
 def test_blocks_beyond_the_positions_are_split_again(checkpoint):
     folder, model, proj, tok = checkpoint(positions=1200)  # context = min(100000, 1200)
     reranker = load(folder)
-    reranker.prompts.document_tokens = 100
+    limit(reranker, document_tokens=100)
     docs = [f"document {k}: " + "abc " * 30 for k in range(12)]
     query_length = len(tok(QUERY)["input_ids"])
     lengths = [len(tok(d)["input_ids"]) for d in docs]
@@ -224,7 +232,7 @@ def test_blocks_beyond_the_positions_are_split_again(checkpoint):
     assert [i for b in blocks for i in b.documents] == list(range(len(docs)))
     want = reference_scores(model, proj, tok, QUERY, docs, max_doc=100, blocks=[list(b.documents) for b in blocks])
     check(reranker.score([(QUERY, d) for d in docs]), want)
-    reranker.prompts.document_tokens = 2048
+    limit(reranker, document_tokens=2048)
     with pytest.raises(ValueError, match="one document is .* more than the model's 1200 positions"):
         reranker.rank(QUERY, ["abc " * 400])
 
@@ -232,7 +240,7 @@ def test_blocks_beyond_the_positions_are_split_again(checkpoint):
 def test_truncation_limits_and_warning(checkpoint, caplog):
     folder, model, proj, tok = checkpoint()
     reranker = load(folder)
-    reranker.prompts.query_tokens, reranker.prompts.document_tokens = 6, 9
+    limit(reranker, query_tokens=6, document_tokens=9)
     query, docs = QUERY + " and why do transformers use it", [*DOCS, "word " * 40]
     want = reference_scores(model, proj, tok, query, docs, max_query=6, max_doc=9)
     with caplog.at_level(logging.WARNING, logger="embzoo.listwise_templates"):
@@ -244,6 +252,18 @@ def test_truncation_limits_and_warning(checkpoint, caplog):
     # a text exactly at the limit is decoded back (the reference's >=) but not counted as cut
     texts, lengths, n = reranker.prompts.truncate(["abcdefghi", "abc"], 9)
     assert (texts, lengths, n) == (["abcdefghi", "abc"], [9, 3], 0)
+
+
+def test_truncation_never_toggles_a_shared_backend(checkpoint):
+    folder, *_ = checkpoint()
+    prompts = limit(load(folder), query_tokens=6, document_tokens=9).prompts
+    lists = [(QUERY + " and why" * k, [d * (k + 1) for d in DOCS]) for k in range(8)]
+    serial = [prompts.encode(q, d, None) for q, d in lists]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda item: prompts.encode(*item, None), lists)) == serial
+    assert prompts.tokenizer.truncation is None
+    assert {n: b.truncation["max_length"] for n, b in prompts.cutters.items()} == {6: 6, 9: 9}
 
 
 def test_marker_strings_are_stripped_from_user_text(checkpoint):
