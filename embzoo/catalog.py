@@ -72,11 +72,9 @@ class CatalogEntry:
     instruction_mask: str = "prompt"
     config_overrides: dict[str, Any] = field(default_factory=dict)  # merged into config.json before conversion
     text_suffix: str = ""  # appended to every text (after it, before any end_token): LLM2Vec's chat wrapping
-    # a generative yes/no reranker: its template in embzoo.yes_no_templates.TEMPLATES ("" = not one); then
-    # max_seq_length is the reference's own max_length argument, and dimension 1 (one score per pair)
-    yes_no: str = ""
-    # a listwise reranker: its prompt builder in embzoo.listwise_templates.TEMPLATES ("" = not one); dimension 1
-    listwise: str = ""
+    # a generative reranker: its kind in embzoo.loading_rerankers.KINDS ("" = not one): yes/no templates
+    # (max_seq_length is then the reference's own max_length argument) or the listwise jina_v3; dimension 1
+    reranker: str = ""
     # a reranker's default output as its model card prints it: "sigmoid" or "none" (the raw logit); "" = what the
     # checkpoint's files (cross-encoders) or its template (yes/no, listwise) say
     activation: str = ""
@@ -168,17 +166,17 @@ def _entries() -> list[CatalogEntry]:
                      languages, summary="jina-embeddings-v2 base (ALiBi, GeGLU), 8192 tokens."))
     for size in ("0.6B", "4B", "8B"):
         out.append(e(f"Qwen/Qwen3-Reranker-{size}", "llama", ("lasttoken",), 1, 8192, "apache-2.0", "multilingual",
-                     yes_no="qwen3_reranker", summary="Qwen3 yes/no reranker (sigmoid of l(yes) - l(no), one fp32 "
+                     reranker="qwen3_reranker", summary="Qwen3 yes/no reranker (sigmoid of l(yes) - l(no), one fp32 "
                      "score row); takes an instruction."))
     for size in ("base", "large"):
         out.append(e(f"mixedbread-ai/mxbai-rerank-{size}-v2", "llama", ("lasttoken",), 1, 8192, "apache-2.0",
-                     "multilingual", yes_no="mxbai_rerank_v2",
+                     "multilingual", reranker="mxbai_rerank_v2",
                      summary="mxbai-rerank v2 (Qwen2; l(1) - l(0) as one fp32 score row); optional instruction."))
     out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", ("lasttoken",), 1, 1024, "apache-2.0", "multilingual",
-                 yes_no="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
+                 reranker="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
                  "the instruction replaces its prompt."))
     out.append(e("jinaai/jina-reranker-v3", "llama", ("markers",), 1, 131072, "cc-by-nc-4.0", "multilingual",
-                 listwise="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
+                 reranker="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
                  "in one prompt, cosine of projected marker states)."))
     # cross-encoder rerankers (*ForSequenceClassification, load() returns a Reranker): the classification
     # head pools its own input (pooling ()), one relevance score (dimension 1); activation "none" where the

@@ -119,6 +119,13 @@ class JinaV3Prompts:
             )
         self.query_id, self.doc_id = ids
 
+    @classmethod
+    def sized(cls, tokenizer: Any, length: int, max_seq_length: int | None, positions: int) -> JinaV3Prompts:
+        """Prompts whose blocks fill max_seq_length tokens (None = the tokenizer's model_max_length, as the
+        reference, capped at `positions`); `length` (the catalog's) is not used: the reference reads the tokenizer."""
+        context = min(tokenizer.model_max_length, positions) if max_seq_length is None else max_seq_length
+        return cls(tokenizer, context, positions=positions)
+
     def truncate(self, texts: Sequence[str], limit: int) -> tuple[list[str], list[int], int]:
         """Texts cut to `limit` (query_tokens or document_tokens) tokens (one that reaches it is decoded from its
         tokens), their token counts, and how many were longer than the limit."""
@@ -168,6 +175,3 @@ class JinaV3Prompts:
                 self.query_tokens,
                 self.document_tokens,
             )
-
-
-TEMPLATES = {"jina_v3": JinaV3Prompts}

@@ -14,19 +14,17 @@ import torch
 
 from embzoo import catalog
 from embzoo.api import Embedder
-from embzoo.conversion.load import is_classifier, load_backbone, load_dense, load_pooler
+from embzoo.conversion.load import check_max_seq_length, is_classifier, load_backbone, load_dense, load_pooler
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, Snapshot, read_snapshot, resolve
 from embzoo.cross_encoder import check_classifier, cross_encoder
-from embzoo.listwise_reranker import ListwiseReranker
-from embzoo.loading_listwise import load_listwise_reranker
-from embzoo.loading_yes_no import load_yes_no_reranker
+from embzoo.loading_rerankers import load_reranker
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
 from embzoo.modeling.quantized_linear import quantize_linears
 from embzoo.registry import family_for
-from embzoo.reranker import Reranker
+from embzoo.reranker import Ranker
 from embzoo.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -48,11 +46,7 @@ def _max_seq_length(stated: int | None, pipe: PipelineSpec, entry: catalog.Catal
     tokenizer's model_max_length or the catalog's, capped at what the position table covers."""
     if stated is None:
         return min(pipe.tokenizer_max_length or (entry.max_seq_length if entry else positions), positions)
-    if stated > positions:
-        raise ValueError(
-            f"max_seq_length {stated} exceeds the model's position limit {positions}; "
-            f"pass embzoo.load(..., max_seq_length={positions}) or less"
-        )
+    check_max_seq_length(stated, positions)
     return stated
 
 
@@ -69,7 +63,7 @@ def load(
     adapters: Sequence[str | Path] = (),
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
-) -> Embedder | Reranker | ListwiseReranker:
+) -> Embedder | Ranker:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
     A *ForSequenceClassification checkpoint (a cross-encoder) loads as a Reranker (see embzoo.cross_encoder).
@@ -82,9 +76,8 @@ def load(
     load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
-    with recipe=<its hub id>) loads as a Reranker (see embzoo.loading_yes_no); max_seq_length is then per pair.
-    jina-reranker-v3 (listwise) loads as a ListwiseReranker (see embzoo.loading_listwise); max_seq_length is then
-    what one block prompt fills.
+    with recipe=<its hub id>) loads as a Reranker, jina-reranker-v3 (listwise) as a ListwiseReranker (see
+    embzoo.loading_rerankers); max_seq_length is then a pair's tokens, or what one block prompt fills.
     """
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
@@ -112,10 +105,13 @@ def load(
             family.__name__.rsplit(".", 1)[-1],
         )
     dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
-    if entry is not None and (entry.yes_no or entry.listwise):  # embzoo.loading_yes_no / embzoo.loading_listwise
+    if entry is not None and entry.reranker:  # embzoo.loading_rerankers
         if load_in_8bit or load_in_4bit:
-            raise ValueError(f"{root}: 8/4-bit loading is for embedders; load this reranker without it")
-        reranker = (load_listwise_reranker if entry.listwise else load_yes_no_reranker)(
+            raise ValueError(
+                f"{root}: 8/4-bit loading quantizes embedders and cross-encoders, not generative or listwise "
+                f"rerankers ({entry.reranker}); load this one without it (dtype='bfloat16' or 'float16' saves memory)"
+            )
+        reranker = load_reranker(
             snap,
             entry,
             device=device,

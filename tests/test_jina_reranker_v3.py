@@ -3,7 +3,6 @@
 by weighted query vectors); ranking order; block splitting; truncation; marker stripping; template strings."""
 
 import dataclasses
-import functools
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from embzoo.catalog import CATALOG
 from embzoo.cli import main
 from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import SnapshotError
+from embzoo.loading_rerankers import KINDS
 
 RECIPE = "jinaai/jina-reranker-v3"
 # the reference's format_docs_prompts_func / FAMILIES.md §10, byte-exact
@@ -335,14 +335,17 @@ def test_the_catalogs_activation_must_be_cosine(checkpoint, monkeypatch):
 
 def test_catalog_entry():
     entry = CATALOG[RECIPE]
-    assert (entry.family, entry.listwise, entry.dimension) == ("llama", "jina_v3", 1)
+    assert (entry.family, entry.reranker, entry.dimension) == ("llama", "jina_v3", 1)
+    assert KINDS["jina_v3"].wrapper is embzoo.ListwiseReranker
 
 
-def test_rerank_command(checkpoint, monkeypatch, capsys):
+def test_rerank_command(checkpoint, capsys):
     folder, *_ = checkpoint()
     want = load(folder).rank(QUERY, DOCS[:3])
-    monkeypatch.setattr(embzoo, "load", functools.partial(embzoo.load, recipe=RECIPE))  # the folder is uncatalogued
-    main(["rerank", "--model", str(folder), "--device", "cpu", "--dtype", "float32", "--query", QUERY, *DOCS[:3]])
+    args = ["rerank", "--model", str(folder), "--device", "cpu", "--dtype", "float32", "--query", QUERY, *DOCS[:3]]
+    main([*args, "--recipe", RECIPE, "--batch-tokens", "100"])  # one block per batch
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["rank"], r["index"]) for r in rows] == [(k + 1, w["index"]) for k, w in enumerate(want)]
     np.testing.assert_allclose([r["score"] for r in rows], [w["score"] for w in want], atol=1e-6)
+    with pytest.raises(SystemExit, match="embzoo rerank: .* scores by cosine only"):
+        main([*args, "--recipe", RECIPE, "--activation", "sigmoid"])

@@ -263,3 +263,29 @@ def test_cli_rerank(make_checkpoint, capsys, tmp_path):
     main(["list"])
     listed = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert ["BAAI/bge-reranker-v2-m3", "bert", "head", "1", "8192", "-"] in listed
+
+
+def test_cli_rerank_options_and_misuse(make_checkpoint, capsys):
+    folder, _ = bert_checkpoint(make_checkpoint)
+    base = ["rerank", "--model", str(folder), "--device", "cpu", "--query", QUERY, *DOCS]
+    main([*base, "--recipe", "BAAI/bge-reranker-base", "--batch-tokens", "16"])  # the recipe's raw logits
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = embzoo.load(folder, device="cpu").rank(QUERY, DOCS, activation="none")
+    assert [r["index"] for r in rows] == [w["index"] for w in want]
+    np.testing.assert_allclose([r["score"] for r in rows], [w["score"] for w in want], atol=1e-5)
+    with pytest.raises(SystemExit, match="embzoo rerank: .* takes no instruction; leave instruction=None"):
+        main([*base, "--instruction", "be strict"])
+    with pytest.raises(SystemExit, match="embzoo rerank: recipe 'no/such' is not in the catalog"):
+        main([*base, "--recipe", "no/such"])
+    for command in (["embed", "hello"], ["demo"]):
+        with pytest.raises(SystemExit, match=f"embzoo {command[0]}: .* is a reranker, not an embedding model"):
+            main([command[0], "--model", str(folder), "--device", "cpu", *command[1:]])
+
+
+def test_rerankers_share_rank_and_the_ranker_protocol(make_checkpoint):
+    from embzoo.reranker import Ranker, RanksByScore
+
+    folder, _ = bert_checkpoint(make_checkpoint)
+    assert isinstance(embzoo.load(folder, device="cpu"), Ranker)
+    assert not isinstance(embzoo.load(device="cpu"), Ranker)
+    assert embzoo.Reranker.rank is embzoo.ListwiseReranker.rank is RanksByScore.rank
