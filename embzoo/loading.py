@@ -86,8 +86,15 @@ def load(
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
     if recipe is not None and entry is None:
         raise ValueError(f"recipe {recipe!r} is not in the catalog; `embzoo list` shows the catalogued ids")
+    if name_or_path is None and recipe not in (None, catalog.DEFAULT_MODEL):
+        raise ValueError(
+            f"recipe {recipe!r} applies to a local copy of that model: pass its folder too, "
+            f"embzoo.load('/path/to/copy', recipe={recipe!r}) (without a model, load() uses the bundled MiniLM)"
+        )
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
     snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
+    if entry is None and (entry := catalog.by_architecture(snap.config)) is not None:
+        log.info("%s: its architectures identify %s; loading with its recipe", root, entry.hub_id)
     merge = lora_transform([*chain, *(resolve(a) for a in adapters)])
     overrides = {**(entry.config_overrides if entry else {}), **(config_overrides or {})}
     if overrides:
@@ -97,12 +104,15 @@ def load(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     family = family_for(snap.config)
     if entry is None and getattr(family, "NEEDS_RECIPE", False):
+        causal = any(a.endswith("ForCausalLM") for a in snap.config.get("architectures") or [])
+        rerankers = f"; a causal LM may be a generative reranker: recipe= one of {catalog.reranker_recipes()}"
         log.warning(
             "%s: no catalog recipe for this %s model: its prompt template, end token, attention direction and "
             "pooled tokens are taken from its files alone; for a copy of a catalogued model pass "
-            "recipe='<hub id>' (see `embzoo list`)",
+            "recipe='<hub id>' (see `embzoo list`)%s",
             root,
             family.__name__.rsplit(".", 1)[-1],
+            rerankers if causal else "",
         )
     dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
     if entry is not None and entry.reranker:  # embzoo.loading_rerankers

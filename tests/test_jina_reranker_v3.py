@@ -333,6 +333,13 @@ def test_the_catalogs_activation_must_be_cosine(checkpoint, monkeypatch):
         load(folder)
 
 
+def test_a_local_copy_is_recognised_by_its_architecture(checkpoint):
+    folder, model, proj, tok = checkpoint()
+    reranker = embzoo.load(folder, device="cpu", dtype="float32")  # no recipe: architectures ["JinaForRanking"]
+    assert isinstance(reranker, embzoo.ListwiseReranker)
+    check(reranker.score([(QUERY, d) for d in DOCS]), reference_scores(model, proj, tok, QUERY, DOCS))
+
+
 def test_catalog_entry():
     entry = CATALOG[RECIPE]
     assert (entry.family, entry.reranker, entry.dimension) == ("llama", "jina_v3", 1)
