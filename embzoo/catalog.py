@@ -49,6 +49,7 @@ JINA_V3_TASKS = {
 }
 WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query"
 INSTRUCTION_MASKS = ("prompt", "prompt_tokens", "text_tokens")
+RERANKER_ACTIVATIONS = ("", "sigmoid", "none")  # "" = the checkpoint's or template's own default
 
 
 def instructed(template: str, default: str, document: str = "") -> dict[str, str]:
@@ -78,17 +79,20 @@ class CatalogEntry:
     instruction_mask: str = "prompt"
     config_overrides: dict[str, Any] = field(default_factory=dict)  # merged into config.json before conversion
     text_suffix: str = ""  # appended to every text (after it, before any end_token): LLM2Vec's chat wrapping
-    # a generative yes/no reranker: its template in embzoo.yes_no_templates.TEMPLATES ("" = not one); then
-    # max_seq_length is the reference's own max_length argument, and dimension 1 (one score per pair)
-    yes_no: str = ""
-    # a listwise reranker: its prompt builder in embzoo.listwise_templates.TEMPLATES ("" = not one); dimension 1
-    listwise: str = ""
     # task LoRA models: task → the instruction prepended to its texts (config.json's task_instructions win)
     task_instructions: dict[str, str] = field(default_factory=dict)
+    # a generative reranker: its kind in embzoo.loading_rerankers.KINDS ("" = not one): yes/no templates
+    # (max_seq_length is then the reference's own max_length argument) or the listwise jina_v3; dimension 1
+    reranker: str = ""
+    # a reranker's default output as its model card prints it: "sigmoid" or "none" (the raw logit); "" = what the
+    # checkpoint's files (cross-encoders) or its template (yes/no, listwise) say
+    activation: str = ""
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
             raise ValueError(f"{self.hub_id}: instruction_mask {self.instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
+        if self.activation not in RERANKER_ACTIVATIONS:
+            raise ValueError(f"{self.hub_id}: activation {self.activation!r}; allowed: {RERANKER_ACTIVATIONS}")
 
 
 SIZES = (("small", 384), ("base", 768), ("large", 1024))
@@ -174,31 +178,33 @@ def _entries() -> list[CatalogEntry]:
                      languages, summary="jina-embeddings-v2 base (ALiBi, GeGLU), 8192 tokens."))
     for size in ("0.6B", "4B", "8B"):
         out.append(e(f"Qwen/Qwen3-Reranker-{size}", "llama", ("lasttoken",), 1, 8192, "apache-2.0", "multilingual",
-                     yes_no="qwen3_reranker", summary="Qwen3 yes/no reranker (sigmoid of l(yes) - l(no), one fp32 "
+                     reranker="qwen3_reranker", summary="Qwen3 yes/no reranker (sigmoid of l(yes) - l(no), one fp32 "
                      "score row); takes an instruction."))
     for size in ("base", "large"):
         out.append(e(f"mixedbread-ai/mxbai-rerank-{size}-v2", "llama", ("lasttoken",), 1, 8192, "apache-2.0",
-                     "multilingual", yes_no="mxbai_rerank_v2",
+                     "multilingual", reranker="mxbai_rerank_v2",
                      summary="mxbai-rerank v2 (Qwen2; l(1) - l(0) as one fp32 score row); optional instruction."))
     out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", ("lasttoken",), 1, 1024, "apache-2.0", "multilingual",
-                 yes_no="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
+                 reranker="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
                  "the instruction replaces its prompt."))
     out.append(e("jinaai/jina-reranker-v3", "llama", ("markers",), 1, 131072, "cc-by-nc-4.0", "multilingual",
-                 listwise="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
+                 reranker="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
                  "in one prompt, cosine of projected marker states)."))
     # cross-encoder rerankers (*ForSequenceClassification, load() returns a Reranker): the classification
-    # head pools its own input (pooling ()), one relevance score (dimension 1)
+    # head pools its own input (pooling ()), one relevance score (dimension 1); activation "none" where the
+    # card's FlagReranker / compute_score prints raw logits
     out += [
         e("cross-encoder/ms-marco-MiniLM-L6-v2", "bert", (), 1, 512, "apache-2.0", normalize=False,
           summary="MS MARCO cross-encoder (MiniLM, 6 layers); raw logits by default (its config says Identity)."),
-        e("BAAI/bge-reranker-base", "bert", (), 1, 512, "mit", "zh,en", normalize=False,
+        e("BAAI/bge-reranker-base", "bert", (), 1, 512, "mit", "zh,en", normalize=False, activation="none",
           summary="BGE cross-encoder (XLM-R base head: classifier.dense → tanh → out_proj)."),
-        e("BAAI/bge-reranker-large", "bert", (), 1, 512, "mit", "zh,en", normalize=False,
+        e("BAAI/bge-reranker-large", "bert", (), 1, 512, "mit", "zh,en", normalize=False, activation="none",
           summary="BGE cross-encoder (XLM-R large head: classifier.dense → tanh → out_proj)."),
         e("BAAI/bge-reranker-v2-m3", "bert", (), 1, 8192, "apache-2.0", "multilingual", normalize=False,
-          summary="BGE v2 multilingual cross-encoder on bge-m3 (XLM-R large, 8192 tokens)."),
+          activation="none", summary="BGE v2 multilingual cross-encoder on bge-m3 (XLM-R large, 8192 tokens)."),
         e("Alibaba-NLP/gte-multilingual-reranker-base", "gte", (), 1, 8192, "apache-2.0", "multilingual",
-          normalize=False, summary="Multilingual GTE cross-encoder (CLS → pooler.dense → tanh → classifier)."),
+          normalize=False, activation="none",
+          summary="Multilingual GTE cross-encoder (CLS → pooler.dense → tanh → classifier)."),
         e("Alibaba-NLP/gte-reranker-modernbert-base", "modernbert", (), 1, 8192, "apache-2.0", normalize=False,
           summary="GTE cross-encoder on ModernBERT (head: dense → GELU → norm → classifier)."),
         e("jinaai/jina-reranker-v1-turbo-en", "jina_bert", (), 1, 8192, "apache-2.0", normalize=False,
@@ -219,6 +225,21 @@ CATALOG: dict[str, CatalogEntry] = {e.hub_id: e for e in _entries()}
 def lookup(name: str | None) -> CatalogEntry | None:
     """The entry for a hub id (or for the bundled default when name is None)."""
     return CATALOG.get(DEFAULT_MODEL if name is None else name)
+
+
+# config.json architectures that name one catalogued model: a local copy needs no recipe
+ARCHITECTURE_RECIPES = {"JinaForRanking": "jinaai/jina-reranker-v3"}
+
+
+def by_architecture(config: dict) -> CatalogEntry | None:
+    """The entry a config.json's architectures identify on their own (ARCHITECTURE_RECIPES), else None."""
+    found = {ARCHITECTURE_RECIPES[a] for a in config.get("architectures") or [] if a in ARCHITECTURE_RECIPES}
+    return CATALOG[found.pop()] if len(found) == 1 else None
+
+
+def reranker_recipes() -> list[str]:
+    """The hub ids of the catalogued generative rerankers (a causal-LM checkpoint may be a copy of one)."""
+    return [e.hub_id for e in CATALOG.values() if e.reranker]
 
 
 def bundled_model_path() -> Path:

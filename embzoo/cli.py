@@ -11,8 +11,7 @@ from typing import TextIO
 
 import numpy as np
 
-from embzoo.listwise_reranker import ListwiseReranker
-from embzoo.reranker import ACTIVATIONS, Reranker
+from embzoo.reranker import ACTIVATIONS, Ranker
 
 DEMO_QUERY = "Which animal is chasing something?"
 
@@ -37,12 +36,26 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
 def _load(args: argparse.Namespace):
     import embzoo
 
-    return embzoo.load(args.model, device=args.device, dtype=args.dtype)
+    try:
+        return embzoo.load(args.model, device=args.device, dtype=args.dtype, recipe=getattr(args, "recipe", None))
+    except ValueError as error:  # a bad option (recipe, max length): load's message, no traceback
+        raise SystemExit(f"embzoo {args.command}: {error}") from None
+
+
+def _embedder(args: argparse.Namespace):
+    """The --model as an Embedder; SystemExit naming `embzoo rerank` for a reranker."""
+    model = _load(args)
+    if isinstance(model, Ranker):
+        raise SystemExit(
+            f"embzoo {args.command}: {model.name} is a reranker, not an embedding model; "
+            f"score documents with `embzoo rerank --model {model.name} --query Q DOC ...`"
+        )
+    return model
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
     texts = _read_inputs(args)
-    model = _load(args)
+    model = _embedder(args)
     vectors = model.encode(
         texts,
         prompt_name=args.prompt_name,
@@ -70,16 +83,20 @@ def _write_jsonl(sink: TextIO, texts: list[str], vectors: np.ndarray) -> None:
 def cmd_rerank(args: argparse.Namespace) -> None:
     documents = _read_inputs(args)
     model = _load(args)
-    if not isinstance(model, Reranker | ListwiseReranker):
+    if not isinstance(model, Ranker):
         raise SystemExit(f"embzoo rerank: {model.name} is an embedding model; give a reranker checkpoint (--model)")
-    rows = model.rank(
-        args.query,
-        documents,
-        top_k=args.top_k,
-        instruction=args.instruction,
-        return_documents=True,
-        activation=args.activation,
-    )
+    try:
+        rows = model.rank(
+            args.query,
+            documents,
+            top_k=args.top_k,
+            instruction=args.instruction,
+            return_documents=True,
+            activation=args.activation,
+            batch_tokens=args.batch_tokens,
+        )
+    except ValueError as error:  # an option this reranker refuses (instruction, activation): the reason, no traceback
+        raise SystemExit(f"embzoo rerank: {error}") from None
     if args.format == "jsonl":
         for rank, row in enumerate(rows, start=1):
             print(json.dumps({"rank": rank, **row}, ensure_ascii=False))
@@ -112,7 +129,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     sentences = resources.files("embzoo").joinpath("data/demo_sentences.txt").read_text("utf-8").splitlines()
-    model = _load(args)
+    model = _embedder(args)
     docs = model.encode(sentences, normalize=True)
     query = model.encode(args.query, normalize=True)
     scores = docs @ query
@@ -156,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--instruction", default=None, help="a task instruction, for rerankers that take one")
     rerank.add_argument("--activation", default=None, choices=list(ACTIVATIONS), help="default: the model card's")
     rerank.add_argument("--format", default="jsonl", choices=["jsonl", "table"])
+    rerank.add_argument("--recipe", default=None, help="catalog id whose recipe applies to a local copy (--model)")
+    rerank.add_argument("--batch-tokens", type=int, default=None, help="tokens per forward batch (default: by device)")
 
     sub.add_parser("list", help="catalogued checkpoints").set_defaults(func=cmd_list)
 

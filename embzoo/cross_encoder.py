@@ -8,7 +8,8 @@ As sentence-transformers' CrossEncoder (6.x) and transformers compute it:
   (its model_input_names), else none (the model's type row 0).
 - One label only: CrossEncoder.rank refuses other label counts, and so does embzoo (a 2-label
   classifier's softmax is not one relevance score).
-- Default activation: config_sentence_transformers.json "activation_fn", else config.json
+- Default activation: the catalog entry's `activation` (the model card's output), else
+  config_sentence_transformers.json "activation_fn", else config.json
   "sentence_transformers": {"activation_fn"}, else the legacy config.json "sbert_ce_default_activation_function"
   (the ms-marco cross-encoders store Identity: raw logits), else Sigmoid.
 """
@@ -123,8 +124,10 @@ class PairTokenizer:
 
 
 def cross_encoder(
-    snapshot: Snapshot, backbone: Backbone, head: ClassificationHead, max_length: int, name: str
+    snapshot: Snapshot, backbone: Backbone, head: ClassificationHead, max_length: int, name: str, activation: str = ""
 ) -> Reranker:
-    """A Reranker over a loaded classifier backbone + head, with the snapshot's tokenizer and default activation."""
+    """A Reranker over a loaded classifier backbone + head, with the snapshot's tokenizer; activation: the
+    catalog's default ("" = the snapshot's own, default_activation)."""
     inputs = PairTokenizer.from_folder(snapshot.model_dir, max_length)
-    return Reranker(ClassifierScorer(backbone, head), inputs, activation=default_activation(snapshot), name=name)
+    activation = activation or default_activation(snapshot)
+    return Reranker(ClassifierScorer(backbone, head), inputs, activation=activation, name=name)

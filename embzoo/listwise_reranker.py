@@ -12,7 +12,6 @@ cosine between that vector and the document's vector (with one block: the block'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from embzoo.listwise_templates import Block, JinaV3Prompts
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.listwise import MarkerProjector
 from embzoo.packing import token_budget_batches
-from embzoo.reranker import as_pairs
+from embzoo.reranker import RanksByScore, as_pairs
 
 
 def combine_blocks(queries: torch.Tensor, documents: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -34,17 +33,18 @@ def combine_blocks(queries: torch.Tensor, documents: Sequence[torch.Tensor]) -> 
     return docs @ query / (query.norm() * docs.norm(dim=-1))
 
 
-class ListwiseReranker:
+class ListwiseReranker(RanksByScore):
     """Scores documents against a query with a listwise reranker checkpoint (load it with `embzoo.load`).
 
     Scores are cosines in [-1, 1] (the reference's relevance_score); there is no other activation.
     """
 
-    activation = "none"
-
-    def __init__(self, scorer: MarkerProjector, prompts: JinaV3Prompts, *, name: str = ""):
+    def __init__(self, scorer: MarkerProjector, prompts: JinaV3Prompts, *, activation: str = "none", name: str = ""):
+        if activation != "none":
+            raise ValueError(f"{name or 'a listwise reranker'} scores by cosine only; activation {activation!r}")
         self.scorer = scorer.eval()
         self.prompts = prompts
+        self.activation = activation
         self.name = name
 
     @property
@@ -83,49 +83,18 @@ class ListwiseReranker:
             scores[members] = list_scores
         return scores
 
-    def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_k: int | None = None,
-        instruction: str | None = None,
-        return_documents: bool = False,
-        activation: str | None = None,
-        batch_tokens: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
-        if not isinstance(query, str):
-            raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
-        if isinstance(documents, str):
-            raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
-        documents = list(documents)
-        if not documents:
-            raise ValueError("rank needs at least one document; got an empty list")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be a positive number of documents, got {top_k}")
-        scores = self.score(
-            [(query, d) for d in documents], instruction=instruction, activation=activation, batch_tokens=batch_tokens
-        )
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        out = [{"index": int(i), "score": float(scores[i])} for i in order]
-        if return_documents:
-            for row in out:
-                row["document"] = documents[row["index"]]
-        return out
-
     @torch.inference_mode()
     def _run(
         self, pairs: list[tuple[str, str]], lists: dict[str, list[int]], instruction: str | None, batch_tokens: int
     ) -> list[np.ndarray]:
         """Each list's scores: all lists' blocks forwarded in length-sorted token-budget batches, then combined."""
         blocks: list[Block] = []
-        owner: list[int] = []  # the list each block belongs to
+        mine: list[range] = []  # each list's block indices
         truncated = 0
-        for n, (query, members) in enumerate(lists.items()):
+        for query, members in lists.items():
             encoded, cut = self.prompts.encode(query, [pairs[i][1] for i in members], instruction)
+            mine.append(range(len(blocks), len(blocks) + len(encoded)))
             blocks += encoded
-            owner += [n] * len(encoded)
             truncated += cut
         self.prompts.warn_truncated(truncated, len(lists) + len(pairs))
         queries: list[torch.Tensor] = [None] * len(blocks)  # type: ignore[list-item]
@@ -135,7 +104,6 @@ class ListwiseReranker:
             per_block = d.split([len(blocks[i].documents) for i in idx])
             for row, (i, doc_vectors) in enumerate(zip(idx.tolist(), per_block, strict=True)):
                 queries[i], documents[i] = q[row], doc_vectors
-        mine = [[i for i, o in enumerate(owner) if o == n] for n in range(len(lists))]
         return [
             combine_blocks(torch.stack([queries[i] for i in m]), [documents[i] for i in m]).cpu().numpy() for m in mine
         ]

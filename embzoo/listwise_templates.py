@@ -5,7 +5,8 @@ token (<|embed_token|>) and at the query's (<|rerank_token|>, after the document
 Both marker strings are stripped from the query and the documents before they go in. Documents are cut to
 2048 tokens and the query to 512 (a text that reaches the limit is decoded back from its cut tokens, as the
 reference does); a list longer than a block (125 documents, or fewer once their tokens fill the context less
-twice the query's) is split into blocks in order.
+twice the query's) is split into blocks in order. That split counts document tokens only, so a block whose whole
+prompt exceeds the model's positions is halved again until each prompt fits (never where the reference's fit).
 """
 
 from __future__ import annotations
@@ -82,24 +83,34 @@ class Block:
 
 class JinaV3Prompts:
     """Turns a query and its documents into block prompts' token ids with the checkpoint's tokenizer.
+    Its scores are cosines (activation "none"); nothing else applies.
 
-    context: the reference's tokenizer.model_max_length (what block splitting fills); the limits are the
-    reference's `rerank` defaults. query_id / doc_id: the marker tokens' ids in this tokenizer.
+    context: the reference's tokenizer.model_max_length (what block splitting fills); positions: the most tokens
+    one prompt may have (the backbone's max_seq_len); the limits are the reference's `rerank` defaults, fixed at
+    construction (each has its own truncating backend).
+    query_id / doc_id: the marker tokens' ids in this tokenizer.
     """
+
+    activation = "none"
 
     def __init__(
         self,
         tokenizer: Any,
         context: int,
         *,
+        positions: int,
         block_documents: int = BLOCK_DOCUMENTS,
         query_tokens: int = QUERY_TOKENS,
         document_tokens: int = DOCUMENT_TOKENS,
     ):
         self.hf = tokenizer
         self.tokenizer = plain_backend(tokenizer)
-        self.context, self.block_documents = context, block_documents
+        self.context, self.positions, self.block_documents = context, positions, block_documents
         self.query_tokens, self.document_tokens = query_tokens, document_tokens
+        self.cutters = {}  # limit → a private backend truncating to it (never toggled: safe to share across threads)
+        for limit in (query_tokens, document_tokens):
+            self.cutters[limit] = plain_backend(tokenizer)
+            self.cutters[limit].enable_truncation(max_length=limit)
         ids = [self.tokenizer.token_to_id(m) for m in (QUERY_MARKER, DOC_MARKER)]
         if None in ids:
             raise ValueError(
@@ -108,12 +119,17 @@ class JinaV3Prompts:
             )
         self.query_id, self.doc_id = ids
 
+    @classmethod
+    def sized(cls, tokenizer: Any, length: int, max_seq_length: int | None, positions: int) -> JinaV3Prompts:
+        """Prompts whose blocks fill max_seq_length tokens (None = the tokenizer's model_max_length, as the
+        reference, capped at `positions`); `length` (the catalog's) is not used: the reference reads the tokenizer."""
+        context = min(tokenizer.model_max_length, positions) if max_seq_length is None else max_seq_length
+        return cls(tokenizer, context, positions=positions)
+
     def truncate(self, texts: Sequence[str], limit: int) -> tuple[list[str], list[int], int]:
-        """Texts cut to `limit` tokens (one that reaches it is decoded from its tokens), their token counts, and
-        how many were longer than the limit."""
-        self.tokenizer.enable_truncation(max_length=limit)
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        self.tokenizer.no_truncation()
+        """Texts cut to `limit` (query_tokens or document_tokens) tokens (one that reaches it is decoded from its
+        tokens), their token counts, and how many were longer than the limit."""
+        encodings = self.cutters[limit].encode_batch(list(texts), add_special_tokens=True)
         out = [self.hf.decode(e.ids) if len(e.ids) >= limit else t for t, e in zip(texts, encodings, strict=True)]
         return out, [len(e.ids) for e in encodings], sum(1 for e in encodings if e.overflowing)
 
@@ -122,8 +138,7 @@ class JinaV3Prompts:
         (query,), (query_length,), query_cut = self.truncate([query], self.query_tokens)
         docs, lengths, docs_cut = self.truncate(documents, self.document_tokens)
         ranges = blocks(lengths, query_length, self.context, self.block_documents, self.document_tokens)
-        prompts = [prompt(query, [docs[i] for i in r], instruction) for r in ranges]
-        out = [Block(e.ids, r) for e, r in zip(self.tokenizer.encode_batch(prompts), ranges, strict=True)]
+        out = self.fit(query, docs, ranges, instruction)
         for block in out:
             found = (block.ids.count(self.query_id), block.ids.count(self.doc_id))
             if found != (1, len(block.documents)):
@@ -132,6 +147,23 @@ class JinaV3Prompts:
                     f"{len(block.documents)}: the instruction may not contain {QUERY_MARKER!r} or {DOC_MARKER!r}"
                 )
         return out, query_cut + docs_cut
+
+    def fit(self, query: str, docs: Sequence[str], ranges: Sequence[range], instruction: str | None) -> list[Block]:
+        """The blocks of `ranges`, in order, each one whose prompt exceeds `positions` tokens halved until it fits."""
+        prompts = [prompt(query, [docs[i] for i in r], instruction) for r in ranges]
+        out: list[Block] = []
+        for encoding, r in zip(self.tokenizer.encode_batch(prompts), ranges, strict=True):
+            if len(encoding.ids) <= self.positions:
+                out.append(Block(encoding.ids, r))
+            elif len(r) > 1:
+                out += self.fit(query, docs, [r[: len(r) // 2], r[len(r) // 2 :]], instruction)
+            else:
+                raise ValueError(
+                    f"a prompt holding one document is {len(encoding.ids)} tokens, more than the model's "
+                    f"{self.positions} positions; lower document_tokens ({self.document_tokens}) or query_tokens "
+                    f"({self.query_tokens}), or shorten the instruction"
+                )
+        return out
 
     def warn_truncated(self, truncated: int, total: int) -> None:
         """The one warning per call naming how many texts were cut (logged, so never deduplicated)."""
@@ -143,6 +175,3 @@ class JinaV3Prompts:
                 self.query_tokens,
                 self.document_tokens,
             )
-
-
-TEMPLATES = {"jina_v3": JinaV3Prompts}

@@ -14,19 +14,17 @@ import torch
 
 from embzoo import catalog
 from embzoo.api import Embedder
-from embzoo.conversion.load import is_classifier, load_backbone, load_dense, load_pooler
+from embzoo.conversion.load import check_max_seq_length, is_classifier, load_backbone, load_dense, load_pooler
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, Snapshot, read_snapshot, resolve
 from embzoo.cross_encoder import check_classifier, cross_encoder
-from embzoo.listwise_reranker import ListwiseReranker
-from embzoo.loading_listwise import load_listwise_reranker
-from embzoo.loading_yes_no import load_yes_no_reranker
+from embzoo.loading_rerankers import load_reranker
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.pooling import Pooler
 from embzoo.modeling.quantized_linear import quantize_linears
 from embzoo.registry import family_for
-from embzoo.reranker import Reranker
+from embzoo.reranker import Ranker
 from embzoo.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -48,11 +46,7 @@ def _max_seq_length(stated: int | None, pipe: PipelineSpec, entry: catalog.Catal
     tokenizer's model_max_length or the catalog's, capped at what the position table covers."""
     if stated is None:
         return min(pipe.tokenizer_max_length or (entry.max_seq_length if entry else positions), positions)
-    if stated > positions:
-        raise ValueError(
-            f"max_seq_length {stated} exceeds the model's position limit {positions}; "
-            f"pass embzoo.load(..., max_seq_length={positions}) or less"
-        )
+    check_max_seq_length(stated, positions)
     return stated
 
 
@@ -69,7 +63,7 @@ def load(
     adapters: Sequence[str | Path] = (),
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
-) -> Embedder | Reranker | ListwiseReranker:
+) -> Embedder | Ranker:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
     A *ForSequenceClassification checkpoint (a cross-encoder) loads as a Reranker (see embzoo.cross_encoder).
@@ -82,9 +76,8 @@ def load(
     load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
-    with recipe=<its hub id>) loads as a Reranker (see embzoo.loading_yes_no); max_seq_length is then per pair.
-    jina-reranker-v3 (listwise) loads as a ListwiseReranker (see embzoo.loading_listwise); max_seq_length is then
-    what one block prompt fills.
+    with recipe=<its hub id>) loads as a Reranker, jina-reranker-v3 (listwise) as a ListwiseReranker (see
+    embzoo.loading_rerankers); max_seq_length is then a pair's tokens, or what one block prompt fills.
     """
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
@@ -93,8 +86,15 @@ def load(
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
     if recipe is not None and entry is None:
         raise ValueError(f"recipe {recipe!r} is not in the catalog; `embzoo list` shows the catalogued ids")
+    if name_or_path is None and recipe not in (None, catalog.DEFAULT_MODEL):
+        raise ValueError(
+            f"recipe {recipe!r} applies to a local copy of that model: pass its folder too, "
+            f"embzoo.load('/path/to/copy', recipe={recipe!r}) (without a model, load() uses the bundled MiniLM)"
+        )
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
     snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
+    if entry is None and (entry := catalog.by_architecture(snap.config)) is not None:
+        log.info("%s: its architectures identify %s; loading with its recipe", root, entry.hub_id)
     merge = lora_transform([*chain, *(resolve(a) for a in adapters)])
     overrides = {**(entry.config_overrides if entry else {}), **(config_overrides or {})}
     if overrides:
@@ -104,18 +104,24 @@ def load(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     family = family_for(snap.config)
     if entry is None and getattr(family, "NEEDS_RECIPE", False):
+        causal = any(a.endswith("ForCausalLM") for a in snap.config.get("architectures") or [])
+        rerankers = f"; a causal LM may be a generative reranker: recipe= one of {catalog.reranker_recipes()}"
         log.warning(
             "%s: no catalog recipe for this %s model: its prompt template, end token, attention direction and "
             "pooled tokens are taken from its files alone; for a copy of a catalogued model pass "
-            "recipe='<hub id>' (see `embzoo list`)",
+            "recipe='<hub id>' (see `embzoo list`)%s",
             root,
             family.__name__.rsplit(".", 1)[-1],
+            rerankers if causal else "",
         )
     dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
-    if entry is not None and (entry.yes_no or entry.listwise):  # embzoo.loading_yes_no / embzoo.loading_listwise
+    if entry is not None and entry.reranker:  # embzoo.loading_rerankers
         if load_in_8bit or load_in_4bit:
-            raise ValueError(f"{root}: 8/4-bit loading is for embedders; load this reranker without it")
-        reranker = (load_listwise_reranker if entry.listwise else load_yes_no_reranker)(
+            raise ValueError(
+                f"{root}: 8/4-bit loading quantizes embedders and cross-encoders, not generative or listwise "
+                f"rerankers ({entry.reranker}); load this one without it (dtype='bfloat16' or 'float16' saves memory)"
+            )
+        reranker = load_reranker(
             snap,
             entry,
             device=device,
@@ -140,7 +146,7 @@ def load(
         backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     if head is not None:
-        return cross_encoder(snap, backbone, head.to(device), limit, name)
+        return cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
     return _embedder(snap, entry, backbone, limit, name, dtype=dtype, device=device)
 
 

@@ -8,9 +8,10 @@ row a yes/no LM head was reduced to).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -44,7 +45,90 @@ class PairInputs(Protocol):
         """The one warning per call naming how many pairs were cut."""
 
 
-class Reranker:
+@runtime_checkable
+class Ranker(Protocol):
+    """What every reranker `embzoo.load` returns offers (Reranker, ListwiseReranker)."""
+
+    name: str
+    activation: str
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def max_seq_length(self) -> int: ...
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        instruction: str | None = None,
+        activation: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> np.ndarray:
+        """float32 [N] scores of (query, document) pairs, in order."""
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        instruction: str | None = None,
+        return_documents: bool = False,
+        activation: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
+
+
+class RanksByScore(ABC):
+    """rank() on top of a subclass's score(): one query's documents scored, then sorted best first."""
+
+    @abstractmethod
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        instruction: str | None = None,
+        activation: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> np.ndarray:
+        """float32 [N] scores of (query, document) pairs, in order."""
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        instruction: str | None = None,
+        return_documents: bool = False,
+        activation: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
+        if not isinstance(query, str):
+            raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
+        if isinstance(documents, str):
+            raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
+        documents = list(documents)
+        if not documents:
+            raise ValueError("rank needs at least one document; got an empty list")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be a positive number of documents, got {top_k}")
+        scores = self.score(
+            [(query, d) for d in documents], instruction=instruction, activation=activation, batch_tokens=batch_tokens
+        )
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        out = [{"index": int(i), "score": float(scores[i])} for i in order]
+        if return_documents:
+            for row in out:
+                row["document"] = documents[row["index"]]
+        return out
+
+
+class Reranker(RanksByScore):
     """Scores (query, document) pairs with one reranker checkpoint (load it with `embzoo.load`)."""
 
     def __init__(self, scorer: nn.Module, inputs: PairInputs, *, activation: str = "sigmoid", name: str = ""):
@@ -90,37 +174,6 @@ class Reranker:
         show = len(pairs) >= PROGRESS_MIN_PAIRS if show_progress_bar is None else show_progress_bar
         logits = self._run(pairs, instruction, batch_tokens, show)
         return (torch.sigmoid(logits) if activation == "sigmoid" else logits).cpu().numpy()
-
-    def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_k: int | None = None,
-        instruction: str | None = None,
-        return_documents: bool = False,
-        activation: str | None = None,
-        batch_tokens: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
-        if not isinstance(query, str):
-            raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
-        if isinstance(documents, str):
-            raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
-        documents = list(documents)
-        if not documents:
-            raise ValueError("rank needs at least one document; got an empty list")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be a positive number of documents, got {top_k}")
-        scores = self.score(
-            [(query, d) for d in documents], instruction=instruction, activation=activation, batch_tokens=batch_tokens
-        )
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        out = [{"index": int(i), "score": float(scores[i])} for i in order]
-        if return_documents:
-            for row in out:
-                row["document"] = documents[row["index"]]
-        return out
 
     def _check_instruction(self, instruction: str | None) -> None:
         if instruction is not None and self.inputs.default_instruction is None:

@@ -75,6 +75,14 @@ class PromptPairs:
         self.tokenizer = plain_backend(tokenizer)
         self.length = length
 
+    @classmethod
+    def sized(cls, tokenizer: Any, length: int, max_seq_length: int | None, positions: int) -> PromptPairs:
+        """The template at the reference's `length`, re-sized so that a pair's total is max_seq_length (None =
+        the reference's total capped at `positions`); the template's own tokens stay, the body's budget changes."""
+        inputs = cls(tokenizer, length)
+        total = min(inputs.max_length, positions) if max_seq_length is None else max_seq_length
+        return inputs if total == inputs.max_length else cls(tokenizer, total - (inputs.max_length - inputs.length))
+
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text on its own, no special tokens added (the references' add_special_tokens=False)."""
         return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
@@ -213,11 +221,3 @@ class BgeGemmaPairs(PromptPairs):
     def score_tokens(self) -> tuple[int, int | None]:
         """The first token of "Yes"; no negative row."""
         return self.first_id("Yes"), None
-
-
-# catalog `yes_no` value → its template
-TEMPLATES: dict[str, type[PromptPairs]] = {
-    "qwen3_reranker": Qwen3RerankerPairs,
-    "mxbai_rerank_v2": MxbaiRerankV2Pairs,
-    "bge_reranker_gemma": BgeGemmaPairs,
-}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_QWEN3
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import Qwen3Config, Qwen3Model
+from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
 import embzoo
 from embzoo.catalog import lookup
@@ -213,7 +213,21 @@ def test_a_decoder_without_recipe_says_how_to_give_one(qwen3_folder, caplog):
     with caplog.at_level("WARNING", logger="embzoo.loading"):
         embzoo.load(qwen3_folder)
     assert "no catalog recipe for this llama model" in caplog.text and "recipe='<hub id>'" in caplog.text
+    assert "generative reranker" not in caplog.text  # a Qwen3Model, not a causal LM
     caplog.clear()
     with caplog.at_level("WARNING", logger="embzoo.loading"):
         embzoo.load(qwen3_folder, recipe="Qwen/Qwen3-Embedding-0.6B")
     assert "no catalog recipe" not in caplog.text
+
+
+def test_a_causal_lm_without_recipe_names_the_reranker_recipes(make_checkpoint, caplog):
+    folder, _ = make_checkpoint(Qwen3ForCausalLM, Qwen3Config(**TINY_QWEN3 | {"vocab_size": 30528}))
+    with caplog.at_level("WARNING", logger="embzoo.loading"):
+        embzoo.load(folder)
+    for recipe in ("Qwen/Qwen3-Reranker-0.6B", "mixedbread-ai/mxbai-rerank-base-v2", "BAAI/bge-reranker-v2-gemma"):
+        assert recipe in caplog.text
+
+
+def test_a_recipe_without_a_model_is_refused():
+    with pytest.raises(ValueError, match="pass its folder too"):
+        embzoo.load(recipe="Qwen/Qwen3-Reranker-0.6B")

@@ -2,9 +2,10 @@
 (transformers Qwen3 on the same prompt's ids, hidden states at the markers, the projector, cosine, blocks combined
 by weighted query vectors); ranking order; block splitting; truncation; marker stripping; template strings."""
 
-import functools
+import dataclasses
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from embzoo.catalog import CATALOG
 from embzoo.cli import main
 from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import SnapshotError
+from embzoo.loading_rerankers import KINDS
 
 RECIPE = "jinaai/jina-reranker-v3"
 # the reference's format_docs_prompts_func / FAMILIES.md §10, byte-exact
@@ -55,7 +57,7 @@ def checkpoint(tmp_path):
     """A tiny random JinaForRanking in the Hub layout (Qwen3 weights under model., projector.0 / .2): returns
     (folder, transformers model, projector weights, tokenizer)."""
 
-    def build(context=100_000, name="jina"):
+    def build(context=100_000, name="jina", positions=32768):
         folder = tmp_path / name
         folder.mkdir()
         vocab = write_tokenizer(folder, context)
@@ -68,6 +70,7 @@ def checkpoint(tmp_path):
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=8,
+            max_position_embeddings=positions,
             initializer_range=0.3,
             tie_word_embeddings=True,
         )
@@ -117,7 +120,11 @@ def reference_blocks(lengths, query_length, context, block_size, max_doc):
     return blocks + ([block] if block else [])
 
 
-def reference_scores(model, proj, tok, query, docs, *, block_size=125, max_query=512, max_doc=2048, instruction=None):
+def reference_scores(
+    model, proj, tok, query, docs, *, block_size=125, max_query=512, max_doc=2048, instruction=None, blocks=None
+):
+    """The reference's scores; blocks: the document indices of each prompt (None = the reference's own split)."""
+
     def cut(text, limit):
         ids = tok(text, truncation=True, max_length=limit)["input_ids"]
         return (tok.decode(ids) if len(ids) >= limit else text), len(ids)
@@ -126,7 +133,9 @@ def reference_scores(model, proj, tok, query, docs, *, block_size=125, max_query
     docs, lengths = zip(*[cut(d, max_doc) for d in docs], strict=True)
     qid, did = tok.convert_tokens_to_ids("<|rerank_token|>"), tok.convert_tokens_to_ids("<|embed_token|>")
     queries, documents, weights = [], [], []
-    for block in reference_blocks(lengths, query_length, tok.model_max_length, block_size, max_doc):
+    if blocks is None:
+        blocks = reference_blocks(lengths, query_length, tok.model_max_length, block_size, max_doc)
+    for block in blocks:
         ids = torch.tensor(tok(reference_prompt(query, [docs[i] for i in block], instruction))["input_ids"])
         with torch.no_grad():
             hidden = model.model(input_ids=ids[None]).last_hidden_state[0]
@@ -145,6 +154,13 @@ def reference_scores(model, proj, tok, query, docs, *, block_size=125, max_query
 
 def load(folder, **kwargs):
     return embzoo.load(folder, recipe=RECIPE, device="cpu", dtype="float32", **kwargs)
+
+
+def limit(reranker, **limits):
+    """The reranker with its prompt builder rebuilt with other truncation limits (query_tokens, document_tokens)."""
+    old = reranker.prompts
+    reranker.prompts = T.JinaV3Prompts(old.hf, old.context, positions=old.positions, **limits)
+    return reranker
 
 
 def check(ours, want):
@@ -188,7 +204,7 @@ def test_blocks_of_a_long_list_combine_like_the_reference(checkpoint, block_size
 def test_context_closes_blocks_like_the_reference(checkpoint):
     folder, model, proj, tok = checkpoint(context=160)
     reranker = load(folder)
-    reranker.prompts.document_tokens = 40
+    limit(reranker, document_tokens=40)
     lengths = [len(tok(d)["input_ids"]) for d in DOCS]
     query_length = len(tok(QUERY)["input_ids"])
     expected = reference_blocks(lengths, query_length, 160, 125, 40)
@@ -202,10 +218,29 @@ def test_context_closes_blocks_like_the_reference(checkpoint):
         assert got == reference_blocks(lengths, 7, 300, 4, 50)
 
 
+def test_blocks_beyond_the_positions_are_split_again(checkpoint):
+    folder, model, proj, tok = checkpoint(positions=1200)  # context = min(100000, 1200)
+    reranker = load(folder)
+    limit(reranker, document_tokens=100)
+    docs = [f"document {k}: " + "abc " * 30 for k in range(12)]
+    query_length = len(tok(QUERY)["input_ids"])
+    lengths = [len(tok(d)["input_ids"]) for d in docs]
+    first = [list(r) for r in T.blocks(lengths, query_length, 1200, 125, 100)]
+    assert max(len(tok(reference_prompt(QUERY, [docs[i] for i in b]))["input_ids"]) for b in first) > 1200
+    blocks, _ = reranker.prompts.encode(QUERY, docs, None)
+    assert len(blocks) > len(first) and all(len(b.ids) <= 1200 for b in blocks)
+    assert [i for b in blocks for i in b.documents] == list(range(len(docs)))
+    want = reference_scores(model, proj, tok, QUERY, docs, max_doc=100, blocks=[list(b.documents) for b in blocks])
+    check(reranker.score([(QUERY, d) for d in docs]), want)
+    limit(reranker, document_tokens=2048)
+    with pytest.raises(ValueError, match="one document is .* more than the model's 1200 positions"):
+        reranker.rank(QUERY, ["abc " * 400])
+
+
 def test_truncation_limits_and_warning(checkpoint, caplog):
     folder, model, proj, tok = checkpoint()
     reranker = load(folder)
-    reranker.prompts.query_tokens, reranker.prompts.document_tokens = 6, 9
+    limit(reranker, query_tokens=6, document_tokens=9)
     query, docs = QUERY + " and why do transformers use it", [*DOCS, "word " * 40]
     want = reference_scores(model, proj, tok, query, docs, max_query=6, max_doc=9)
     with caplog.at_level(logging.WARNING, logger="embzoo.listwise_templates"):
@@ -217,6 +252,18 @@ def test_truncation_limits_and_warning(checkpoint, caplog):
     # a text exactly at the limit is decoded back (the reference's >=) but not counted as cut
     texts, lengths, n = reranker.prompts.truncate(["abcdefghi", "abc"], 9)
     assert (texts, lengths, n) == (["abcdefghi", "abc"], [9, 3], 0)
+
+
+def test_truncation_never_toggles_a_shared_backend(checkpoint):
+    folder, *_ = checkpoint()
+    prompts = limit(load(folder), query_tokens=6, document_tokens=9).prompts
+    lists = [(QUERY + " and why" * k, [d * (k + 1) for d in DOCS]) for k in range(8)]
+    serial = [prompts.encode(q, d, None) for q, d in lists]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda item: prompts.encode(*item, None), lists)) == serial
+    assert prompts.tokenizer.truncation is None
+    assert {n: b.truncation["max_length"] for n, b in prompts.cutters.items()} == {6: 6, 9: 9}
 
 
 def test_marker_strings_are_stripped_from_user_text(checkpoint):
@@ -279,16 +326,33 @@ def test_template_strings_are_byte_exact():
     )
 
 
+def test_the_catalogs_activation_must_be_cosine(checkpoint, monkeypatch):
+    folder, *_ = checkpoint()
+    monkeypatch.setitem(CATALOG, RECIPE, dataclasses.replace(CATALOG[RECIPE], activation="sigmoid"))
+    with pytest.raises(ValueError, match="cosine only; activation 'sigmoid'"):
+        load(folder)
+
+
+def test_a_local_copy_is_recognised_by_its_architecture(checkpoint):
+    folder, model, proj, tok = checkpoint()
+    reranker = embzoo.load(folder, device="cpu", dtype="float32")  # no recipe: architectures ["JinaForRanking"]
+    assert isinstance(reranker, embzoo.ListwiseReranker)
+    check(reranker.score([(QUERY, d) for d in DOCS]), reference_scores(model, proj, tok, QUERY, DOCS))
+
+
 def test_catalog_entry():
     entry = CATALOG[RECIPE]
-    assert (entry.family, entry.listwise, entry.dimension) == ("llama", "jina_v3", 1)
+    assert (entry.family, entry.reranker, entry.dimension) == ("llama", "jina_v3", 1)
+    assert KINDS["jina_v3"].wrapper is embzoo.ListwiseReranker
 
 
-def test_rerank_command(checkpoint, monkeypatch, capsys):
+def test_rerank_command(checkpoint, capsys):
     folder, *_ = checkpoint()
     want = load(folder).rank(QUERY, DOCS[:3])
-    monkeypatch.setattr(embzoo, "load", functools.partial(embzoo.load, recipe=RECIPE))  # the folder is uncatalogued
-    main(["rerank", "--model", str(folder), "--device", "cpu", "--dtype", "float32", "--query", QUERY, *DOCS[:3]])
+    args = ["rerank", "--model", str(folder), "--device", "cpu", "--dtype", "float32", "--query", QUERY, *DOCS[:3]]
+    main([*args, "--recipe", RECIPE, "--batch-tokens", "100"])  # one block per batch
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["rank"], r["index"]) for r in rows] == [(k + 1, w["index"]) for k, w in enumerate(want)]
     np.testing.assert_allclose([r["score"] for r in rows], [w["score"] for w in want], atol=1e-6)
+    with pytest.raises(SystemExit, match="embzoo rerank: .* scores by cosine only"):
+        main([*args, "--recipe", RECIPE, "--activation", "sigmoid"])

@@ -2,6 +2,7 @@
 the tokenizer's own padded pair encoding, against sentence-transformers' CrossEncoder, rank / score
 behaviour, bad input, and the `embzoo rerank` command."""
 
+import dataclasses
 import json
 import logging
 
@@ -21,6 +22,7 @@ from transformers import (
 )
 
 import embzoo
+from embzoo.catalog import CATALOG
 from embzoo.cli import main
 from embzoo.config import UnsupportedConfig
 
@@ -136,6 +138,22 @@ def test_stored_activation_is_the_default(make_checkpoint, tmp_path):
     assert embzoo.load(saved, device="cpu").activation == "sigmoid"
 
 
+def test_the_catalogs_activation_comes_first(make_checkpoint):
+    folder, _ = bert_checkpoint(make_checkpoint)
+    assert embzoo.load(folder, device="cpu").activation == "sigmoid"  # no stored activation: sentence-transformers'
+    reranker = embzoo.load(folder, device="cpu", recipe="BAAI/bge-reranker-base")  # its card prints raw logits
+    assert reranker.activation == "none"
+    np.testing.assert_allclose(reranker.score(PAIRS), reranker.score(PAIRS, activation="none"), atol=0)
+    assert {h for h, e in CATALOG.items() if e.activation == "none"} == {
+        "BAAI/bge-reranker-base",
+        "BAAI/bge-reranker-large",
+        "BAAI/bge-reranker-v2-m3",
+        "Alibaba-NLP/gte-multilingual-reranker-base",
+    }
+    with pytest.raises(ValueError, match="activation 'tanh'"):
+        dataclasses.replace(CATALOG["BAAI/bge-reranker-base"], activation="tanh")
+
+
 def test_an_activation_embzoo_lacks_falls_back_to_sigmoid_with_a_warning(tmp_path, caplog):
     from embzoo.conversion.snapshot import read_snapshot
     from embzoo.cross_encoder import default_activation
@@ -245,3 +263,29 @@ def test_cli_rerank(make_checkpoint, capsys, tmp_path):
     main(["list"])
     listed = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert ["BAAI/bge-reranker-v2-m3", "bert", "head", "1", "8192", "-"] in listed
+
+
+def test_cli_rerank_options_and_misuse(make_checkpoint, capsys):
+    folder, _ = bert_checkpoint(make_checkpoint)
+    base = ["rerank", "--model", str(folder), "--device", "cpu", "--query", QUERY, *DOCS]
+    main([*base, "--recipe", "BAAI/bge-reranker-base", "--batch-tokens", "16"])  # the recipe's raw logits
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = embzoo.load(folder, device="cpu").rank(QUERY, DOCS, activation="none")
+    assert [r["index"] for r in rows] == [w["index"] for w in want]
+    np.testing.assert_allclose([r["score"] for r in rows], [w["score"] for w in want], atol=1e-5)
+    with pytest.raises(SystemExit, match="embzoo rerank: .* takes no instruction; leave instruction=None"):
+        main([*base, "--instruction", "be strict"])
+    with pytest.raises(SystemExit, match="embzoo rerank: recipe 'no/such' is not in the catalog"):
+        main([*base, "--recipe", "no/such"])
+    for command in (["embed", "hello"], ["demo"]):
+        with pytest.raises(SystemExit, match=f"embzoo {command[0]}: .* is a reranker, not an embedding model"):
+            main([command[0], "--model", str(folder), "--device", "cpu", *command[1:]])
+
+
+def test_rerankers_share_rank_and_the_ranker_protocol(make_checkpoint):
+    from embzoo.reranker import Ranker, RanksByScore
+
+    folder, _ = bert_checkpoint(make_checkpoint)
+    assert isinstance(embzoo.load(folder, device="cpu"), Ranker)
+    assert not isinstance(embzoo.load(device="cpu"), Ranker)
+    assert embzoo.Reranker.rank is embzoo.ListwiseReranker.rank is RanksByScore.rank

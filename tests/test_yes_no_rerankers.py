@@ -27,6 +27,7 @@ from embzoo.catalog import CATALOG
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.score_row import score_row
 from embzoo.conversion.snapshot import SnapshotError, read_snapshot
+from embzoo.loading_rerankers import KINDS
 from embzoo.reranker import Reranker
 
 # FAMILIES.md §9 / the Qwen3-Reranker model card, byte-exact
@@ -207,6 +208,13 @@ def test_default_activation_is_the_references_output(checkpoint):
     assert reranker.activation == "sigmoid" and 0 < reranker.score([(QUERY, DOCS[0])])[0] < 1
 
 
+def test_the_catalogs_activation_overrides_the_templates(checkpoint, monkeypatch):
+    recipe = CASES["qwen3_untied"][3]
+    monkeypatch.setitem(CATALOG, recipe, dataclasses.replace(CATALOG[recipe], activation="none"))
+    reranker, *_ = load_case(checkpoint, "qwen3_untied")
+    assert reranker.activation == "none"
+
+
 @pytest.mark.parametrize("case", ["qwen3_tied", "qwen3_untied", "bge_gemma"])
 def test_score_row_reads_the_tied_or_untied_head(checkpoint, case):
     model_cls, config_cls, extra, *_ = CASES[case]
@@ -312,7 +320,7 @@ def test_truncation_keeps_the_template_and_warns_once(checkpoint, caplog, case, 
     """max_seq_length counts the whole pair; the cut is the reference's at its own length argument."""
     model_cls, config_cls, extra, recipe, reference, _ = CASES[case]
     folder, model, tok = checkpoint(model_cls, config_cls, **extra)
-    probe = T.TEMPLATES[CATALOG[recipe].yes_no](tok, 1000)
+    probe = KINDS[CATALOG[recipe].reranker].template(tok, 1000)
     # the template's own tokens on top of the body (Qwen3's length is the whole pair, the others' the body)
     total = body + (len(probe.prefix + probe.suffix) if case.startswith("qwen3") else probe.max_length - probe.length)
     reranker = embzoo.load(folder, recipe=recipe, device="cpu", dtype="float32", max_seq_length=total)
@@ -348,6 +356,11 @@ def test_instruction_rules(tokenizer, checkpoint):
     assert default[0] != custom[0]
 
 
+def test_quantized_loading_is_refused_with_what_it_supports(checkpoint):
+    with pytest.raises(ValueError, match="quantizes embedders and cross-encoders, not generative or listwise"):
+        load_case(checkpoint, "qwen3_tied", load_in_8bit=True)
+
+
 def test_too_small_length_is_refused(tokenizer):
     with pytest.raises(ValueError, match="leaves .* tokens for the instruction, query and document"):
         T.Qwen3RerankerPairs(tokenizer, 40)
@@ -356,7 +369,7 @@ def test_too_small_length_is_refused(tokenizer):
 
 
 def test_catalog_recipes():
-    rerankers = {e.hub_id: e for e in CATALOG.values() if e.yes_no}
+    rerankers = {e.hub_id: e for e in CATALOG.values() if e.reranker and e.reranker != "jina_v3"}
     assert set(rerankers) == {
         "Qwen/Qwen3-Reranker-0.6B",
         "Qwen/Qwen3-Reranker-4B",
@@ -365,8 +378,8 @@ def test_catalog_recipes():
         "mixedbread-ai/mxbai-rerank-large-v2",
         "BAAI/bge-reranker-v2-gemma",
     }
-    assert all(e.yes_no in T.TEMPLATES for e in rerankers.values())
+    assert all(KINDS[e.reranker].wrapper is Reranker for e in rerankers.values())
     # the references' own max_length defaults: the Qwen3 card 8192, MxbaiRerankV2 8192, the bge card's get_inputs 1024
-    lengths = {e.yes_no: e.max_seq_length for e in rerankers.values()}
+    lengths = {e.reranker: e.max_seq_length for e in rerankers.values()}
     assert lengths == {"qwen3_reranker": 8192, "mxbai_rerank_v2": 8192, "bge_reranker_gemma": 1024}
-    assert not any(e.yes_no for e in CATALOG.values() if e.hub_id not in rerankers)
+    assert {e.hub_id for e in CATALOG.values() if e.reranker} - set(rerankers) == {"jinaai/jina-reranker-v3"}

@@ -101,3 +101,12 @@ def load_dense(spec: DenseSpec, *, device: torch.device | str = "cpu") -> Dense:
     state = load_state(spec.path, DENSE_WEIGHTS, _shapes(dense), device=device)
     dense.load_state_dict(state, strict=True, assign=True)
     return dense
+
+
+def check_max_seq_length(stated: int | None, positions: int) -> None:
+    """Raise ValueError when a stated max_seq_length exceeds the model's position limit (None passes)."""
+    if stated is not None and stated > positions:
+        raise ValueError(
+            f"max_seq_length {stated} exceeds the model's position limit {positions}; "
+            f"pass embzoo.load(..., max_seq_length={positions}) or less"
+        )
