@@ -21,7 +21,7 @@ from embzoo.listwise_templates import Block, JinaV3Prompts
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.listwise import MarkerProjector
 from embzoo.packing import token_budget_batches
-from embzoo.reranker import RanksByScore, as_pairs
+from embzoo.reranker import Ranker, as_pairs
 
 
 def combine_blocks(queries: torch.Tensor, documents: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -33,7 +33,7 @@ def combine_blocks(queries: torch.Tensor, documents: Sequence[torch.Tensor]) -> 
     return docs @ query / (query.norm() * docs.norm(dim=-1))
 
 
-class ListwiseReranker(RanksByScore):
+class ListwiseReranker(Ranker):
     """Scores documents against a query with a listwise reranker checkpoint (load it with `embzoo.load`).
 
     Scores are cosines in [-1, 1] (the reference's relevance_score); there is no other activation.
@@ -46,10 +46,6 @@ class ListwiseReranker(RanksByScore):
         self.prompts = prompts
         self.activation = activation
         self.name = name
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.scorer.parameters()).device
 
     @property
     def max_seq_length(self) -> int:

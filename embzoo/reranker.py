@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -45,45 +45,22 @@ class PairInputs(Protocol):
         """The one warning per call naming how many pairs were cut."""
 
 
-@runtime_checkable
-class Ranker(Protocol):
-    """What every reranker `embzoo.load` returns offers (Reranker, ListwiseReranker)."""
+class Ranker(ABC):
+    """What every reranker `embzoo.load` returns offers (Reranker, ListwiseReranker): a subclass's score()
+    and max_seq_length, and rank() on top of score(): one query's documents scored, sorted best first."""
 
+    scorer: nn.Module
     name: str
     activation: str
 
     @property
-    def device(self) -> torch.device: ...
+    def device(self) -> torch.device:
+        return next(self.scorer.parameters()).device
 
     @property
-    def max_seq_length(self) -> int: ...
-
-    def score(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        *,
-        instruction: str | None = None,
-        activation: str | None = None,
-        batch_tokens: int | None = None,
-    ) -> np.ndarray:
-        """float32 [N] scores of (query, document) pairs, in order."""
-
-    def rank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_k: int | None = None,
-        instruction: str | None = None,
-        return_documents: bool = False,
-        activation: str | None = None,
-        batch_tokens: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
-
-
-class RanksByScore(ABC):
-    """rank() on top of a subclass's score(): one query's documents scored, then sorted best first."""
+    @abstractmethod
+    def max_seq_length(self) -> int:
+        """The token limit the model's inputs are cut or packed to."""
 
     @abstractmethod
     def score(
@@ -128,7 +105,7 @@ class RanksByScore(ABC):
         return out
 
 
-class Reranker(RanksByScore):
+class Reranker(Ranker):
     """Scores (query, document) pairs with one reranker checkpoint (load it with `embzoo.load`)."""
 
     def __init__(self, scorer: nn.Module, inputs: PairInputs, *, activation: str = "sigmoid", name: str = ""):
@@ -138,10 +115,6 @@ class Reranker(RanksByScore):
         self.inputs = inputs
         self.activation = activation
         self.name = name
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.scorer.parameters()).device
 
     @property
     def max_seq_length(self) -> int:

@@ -283,9 +283,9 @@ def test_cli_rerank_options_and_misuse(make_checkpoint, capsys):
 
 
 def test_rerankers_share_rank_and_the_ranker_protocol(make_checkpoint):
-    from embzoo.reranker import Ranker, RanksByScore
+    from embzoo.reranker import Ranker
 
     folder, _ = bert_checkpoint(make_checkpoint)
     assert isinstance(embzoo.load(folder, device="cpu"), Ranker)
     assert not isinstance(embzoo.load(device="cpu"), Ranker)
-    assert embzoo.Reranker.rank is embzoo.ListwiseReranker.rank is RanksByScore.rank
+    assert embzoo.Reranker.rank is embzoo.ListwiseReranker.rank is Ranker.rank
