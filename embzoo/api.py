@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from tqdm.auto import tqdm
 from embzoo.catalog import INSTRUCTION_MASKS
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.embedding_model import EmbeddingModel
+from embzoo.modeling.named_lora import NamedLoRA
 from embzoo.packing import token_budget_batches
 from embzoo.quantization import PRECISIONS, calibration_ranges, quantize
 from embzoo.tokenization import TextTokenizer
@@ -50,6 +52,7 @@ class Embedder:
         text_suffix: str = "",
         task_instructions: dict[str, str] | None = None,
         name: str = "",
+        adapters: NamedLoRA | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -69,6 +72,7 @@ class Embedder:
         self.text_suffix = text_suffix
         self.task_instructions = dict(task_instructions or {})
         self.name = name
+        self.adapters = adapters
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +132,7 @@ class Embedder:
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         task: str | Sequence[str] | None = None,
+        adapter: str | Sequence[str] | None = None,
     ) -> Any:
         """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
@@ -145,9 +150,13 @@ class Embedder:
         adapter and is prefixed by its task's instruction (then pass no prompt). No task: the base weights, no
         instruction. A single-task call merges the adapter into the weights when memory allows (see
         embzoo.modeling.task_lora); mixed tasks run grouped by task, the adapter added per batch.
+
+        adapter (a model loaded with adapters={name: folder}): an adapter name, or one per text (None in a list:
+        the base weights); texts run grouped by adapter, its LoRA added per batch. No adapter: the base weights.
         """
         texts, single = _as_texts(sentences)
         tasks = self._tasks(task, len(texts), (prompt_name, prompt, instruction))
+        adapters = self._adapters(adapter, len(texts))
         prefix = "" if tasks is not None else self._prompt(prompt_name, prompt, instruction)
         self._check_output_args(output, dimensions, precision)
         normalize = self.normalize if normalize is None else normalize
@@ -155,10 +164,10 @@ class Embedder:
             batch_tokens = 16384 if self.device.type == "cuda" else 4096
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
         if output == "tokens":
-            states = self._run_tasks(texts, tasks, prefix, batch_tokens, show, tokens=True)
+            states = self._run_groups(texts, tasks, adapters, prefix, batch_tokens, show, tokens=True)
             states = states if convert_to_tensor else [s.cpu().numpy() for s in states]
             return states[0] if single else states
-        vectors = self._run_tasks(texts, tasks, prefix, batch_tokens, show, tokens=False)
+        vectors = self._run_groups(texts, tasks, adapters, prefix, batch_tokens, show, tokens=False)
         if dimensions is not None:
             if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
                 vectors = F.layer_norm(vectors, (vectors.shape[-1],))
@@ -189,26 +198,69 @@ class Embedder:
             lora.index(name)
         return tasks
 
-    def _run_tasks(
-        self, texts: list[str], tasks: list[str] | None, prefix: str, batch_tokens: int, show: bool, tokens: bool
+    def _adapters(self, adapter: str | Sequence[str | None] | None, count: int) -> list[str | None] | None:
+        """One adapter name (or None: base weights) per text, None without adapter=; checked against the loaded
+        adapters."""
+        if adapter is None:
+            return None
+        if self.adapters is None:
+            raise ValueError(
+                f"{self.name or 'this model'} has no named adapters; load it with adapters={{name: folder}} to "
+                "select one per call"
+            )
+        names = [adapter] * count if isinstance(adapter, str) else list(adapter)
+        if len(names) != count:
+            raise ValueError(f"adapter= has {len(names)} names for {count} texts; pass one adapter, or one per text")
+        for name in dict.fromkeys(names):
+            if name is not None:
+                self.adapters.check(name)
+        return names
+
+    def merge_adapter(self, name: str) -> None:
+        """Merge the named adapter into the weights for good: it becomes the base weights every later call
+        (with or without another adapter) runs on, and is no longer selectable."""
+        if self.adapters is None:
+            raise ValueError(f"{self.name or 'this model'} has no named adapters to merge")
+        self.adapters.merge(name)
+
+    @contextmanager
+    def _weights(self, task: str | None, adapter: str | None, alone: bool) -> Iterator[None]:
+        """Run with task's adapter (merged into the weights when `alone` and memory allows) and the named
+        adapter (added per batch); None: neither."""
+        with ExitStack() as stack:
+            if task is not None:
+                lora = self.model.backbone.task_lora
+                stack.enter_context(lora.merged(task) if alone and lora.can_merge() else lora.active(task))
+            if adapter is not None:
+                stack.enter_context(self.adapters.active(adapter))
+            yield
+
+    def _run_groups(
+        self,
+        texts: list[str],
+        tasks: list[str] | None,
+        adapters: list[str | None] | None,
+        prefix: str,
+        batch_tokens: int,
+        show: bool,
+        tokens: bool,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """_run, with each text's task adapter and instruction: texts grouped by task, one group at a time (the
-        adapter merged into the weights when there is one group and memory allows), results in the caller's order."""
-        if tasks is None:
-            return self._run(texts, prefix, batch_tokens, show, tokens)
-        lora = self.model.backbone.task_lora
-        groups: dict[str, list[int]] = {}
-        for i, name in enumerate(tasks):
-            groups.setdefault(name, []).append(i)
-        if len(groups) == 1:
-            (name,) = groups
-            with lora.merged(name) if lora.can_merge() else lora.active(name):
-                return self._run(texts, self.task_instructions.get(name, ""), batch_tokens, show, tokens)
+        """_run, with each text's task adapter and instruction and its named adapter: texts grouped by (task,
+        adapter), one group at a time, results in the caller's order."""
+        args = batch_tokens, show, tokens
+        keys = zip(tasks or [None] * len(texts), adapters or [None] * len(texts), strict=True)
+        groups: dict[tuple[str | None, str | None], list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        if len(groups) <= 1:  # no reordering: the whole call in one run
+            task, adapter = next(iter(groups), (None, None))
+            with self._weights(task, adapter, alone=True):
+                return self._run(texts, prefix if task is None else self.task_instructions.get(task, ""), *args)
         results: list[Any] = [None] * len(texts)
-        for name, idx in groups.items():
-            with lora.active(name):
-                instruction = self.task_instructions.get(name, "")
-                out = self._run([texts[i] for i in idx], instruction, batch_tokens, show, tokens)
+        for (task, adapter), idx in groups.items():
+            with self._weights(task, adapter, alone=False):
+                instruction = prefix if task is None else self.task_instructions.get(task, "")
+                out = self._run([texts[i] for i in idx], instruction, *args)
             for i, row in zip(idx, out, strict=True):
                 results[i] = row
         return results if tokens else torch.stack(results)

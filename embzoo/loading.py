@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,13 +14,21 @@ import torch
 
 from embzoo import catalog
 from embzoo.api import Embedder
-from embzoo.conversion.load import check_max_seq_length, is_classifier, load_backbone, load_dense, load_pooler
+from embzoo.conversion.load import (
+    check_max_seq_length,
+    is_classifier,
+    load_backbone,
+    load_dense,
+    load_pooler,
+    weight_targets,
+)
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
 from embzoo.conversion.snapshot import PipelineSpec, Snapshot, read_snapshot, resolve
 from embzoo.cross_encoder import check_classifier, cross_encoder
 from embzoo.loading_rerankers import load_reranker
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.embedding_model import EmbeddingModel
+from embzoo.modeling.named_lora import NamedLoRA
 from embzoo.modeling.pooling import Pooler
 from embzoo.modeling.quantized_linear import quantize_linears
 from embzoo.registry import family_for
@@ -60,7 +68,7 @@ def load(
     max_seq_length: int | None = None,
     recipe: str | None = None,
     config_overrides: dict[str, Any] | None = None,
-    adapters: Sequence[str | Path] = (),
+    adapters: Sequence[str | Path] | Mapping[str, str | Path] = (),
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
 ) -> Embedder | Ranker:
@@ -73,6 +81,9 @@ def load(
     config_overrides: config.json values to replace before conversion (e.g. {"is_causal": False}).
     A PEFT LoRA adapter folder loads its base model (following base_model_name_or_path, see
     embzoo.conversion.peft) with the adapters merged; `adapters` (folders or Hub ids) are merged on top, in order.
+    A dict of adapters, {name: folder or Hub id}, keeps each apart from the weights instead (LoRA trained on this
+    base, e.g. Qwen3-Embedding): encode(adapter=name) selects one per call, Embedder.merge_adapter(name) merges
+    one for good (embedders only, not with 8/4-bit loading; see embzoo.modeling.named_lora).
     load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
     A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
@@ -81,6 +92,12 @@ def load(
     """
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
+    named = dict(adapters) if isinstance(adapters, Mapping) else {}
+    if named and (load_in_8bit or load_in_4bit):
+        raise ValueError(
+            "named adapters (adapters={name: folder}) run beside full-precision weights, not 8/4-bit ones; merge "
+            "them at load instead (adapters=[folder, ...]) or load without quantization"
+        )
     if load_in_8bit and load_in_4bit:
         raise ValueError("load_in_8bit and load_in_4bit are exclusive: pass one of them (8-bit int8 or 4-bit NF4)")
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
@@ -95,7 +112,7 @@ def load(
     snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
     if entry is None and (entry := catalog.by_architecture(snap.config)) is not None:
         log.info("%s: its architectures identify %s; loading with its recipe", root, entry.hub_id)
-    merge = lora_transform([*chain, *(resolve(a) for a in adapters)])
+    merge = lora_transform([*chain, *(resolve(a) for a in ([] if named else adapters))])
     overrides = {**(entry.config_overrides if entry else {}), **(config_overrides or {})}
     if overrides:
         snap = dataclasses.replace(snap, config={**snap.config, **overrides})
@@ -115,6 +132,11 @@ def load(
             rerankers if causal else "",
         )
     dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
+    if named and (entry is not None and entry.reranker or is_classifier(snap.config)):
+        raise ValueError(
+            f"{root}: named adapters (adapters={{name: folder}}) are for embedders; merge a reranker's adapters at "
+            "load instead: adapters=[folder, ...]"
+        )
     if entry is not None and entry.reranker:  # embzoo.loading_rerankers
         if load_in_8bit or load_in_4bit:
             raise ValueError(
@@ -138,6 +160,7 @@ def load(
         snap, attn_backend=attn_backend, dtype=dtype, device="cpu" if quantize else device, transform=merge
     )
     merge.check()
+    lora = _named_adapters(snap, backbone, named) if named else None
     pipe = snap.pipeline
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     if quantize and backbone.task_lora is not None:
@@ -147,7 +170,18 @@ def load(
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     if head is not None:
         return cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
-    return _embedder(snap, entry, backbone, limit, name, dtype=dtype, device=device)
+    return _embedder(snap, entry, backbone, limit, name, dtype=dtype, device=device, adapters=lora)
+
+
+def _named_adapters(snap: Snapshot, backbone: Backbone, folders: Mapping[str, str | Path]) -> NamedLoRA:
+    """The named adapters, each one's LoRA placed on the backbone's Linear layers (see LoraMerge.place)."""
+    placing = lora_transform([resolve(f) for f in folders.values()])
+    placed = placing.place(weight_targets(snap, backbone))
+    placing.check()
+    lora = NamedLoRA(backbone)
+    for name, factors in zip(folders, placed, strict=True):
+        lora.add(name, {param.removesuffix(".weight"): f for param, f in factors.items()})
+    return lora
 
 
 def _family_dtype(
@@ -175,6 +209,7 @@ def _embedder(
     *,
     dtype: torch.dtype,
     device: torch.device,
+    adapters: NamedLoRA | None = None,
 ) -> Embedder:
     """The Embedder around a loaded backbone: pooler (a family's learned one, or sentence-transformers'),
     Dense heads, tokenizer, and the recipe's prompts, instruction handling and normalization."""
@@ -208,4 +243,5 @@ def _embedder(
         text_suffix=entry.text_suffix if entry else "",
         task_instructions={**(entry.task_instructions if entry else {}), **snap.config.get("task_instructions", {})},
         name=name,
+        adapters=adapters,
     )

@@ -8,8 +8,8 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from embzoo.conversion.rules import Drop, Rule, dropped
-from embzoo.conversion.snapshot import DenseSpec, Snapshot
+from embzoo.conversion.rules import Drop, Rule, Target, dropped, plan
+from embzoo.conversion.snapshot import DenseSpec, Snapshot, weight_files
 from embzoo.conversion.stream import Transform, load_state
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.heads import ClassificationHead, Dense, dense_activation
@@ -61,6 +61,14 @@ def load_backbone(
     if head is not None:
         head.load_state_dict(head_state, strict=True, assign=True)
     return backbone, head
+
+
+def weight_targets(snapshot: Snapshot, backbone: Backbone) -> list[Target]:
+    """How the checkpoint's tensors fill `backbone`'s parameters (from names and shapes; no tensor data is read)."""
+    family = family_for(snapshot.config)
+    rules = [*family.WEIGHTS, *dropped(family.HEADS[head_key(snapshot.config)])]
+    files = weight_files(snapshot.weights_dir or snapshot.model_dir)
+    return plan({n: s for f in files for n, s in f.shapes.items()}, rules, _shapes(backbone))
 
 
 def load_pooler(

@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from embzoo.config import UnsupportedConfig
-from embzoo.conversion.rules import WeightMismatch
+from embzoo.conversion.rules import Target, WeightMismatch
 from embzoo.conversion.snapshot import (
     WEIGHT_FILES,
     Snapshot,
@@ -224,6 +224,7 @@ class LoraMerge:
         self._targets: dict[tuple[int, str], set[str]] = {}
 
     def _lookup(self, key: str) -> list[tuple[int, str]]:
+        """(adapter index, module) of every adapter module that targets checkpoint key `key`."""
         if not key.endswith(".weight"):
             return []
         stem = key.removesuffix(".weight")
@@ -249,6 +250,49 @@ class LoraMerge:
             merged += delta
             self._targets.setdefault((i, module), set()).add(key)
         return merged.to(tensor.dtype)
+
+    def place(self, targets: Sequence[Target]) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Each adapter's factors laid out on the model's parameters instead of merged: per adapter, parameter
+        name → (a [R, in], b [out, R]) with b @ a == its update of that parameter (scalings folded into b, float32).
+
+        A parameter fused from several checkpoint keys (q/k/v, gate/up) gets the targeted parts' A stacked on the
+        rank dim and their B as blocks at the parts' rows (zero rows for parts the adapter does not target), then
+        the target's row reordering: exact, no approximation. check() afterwards, as after merging.
+        """
+        placed: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in self.adapters]
+        for target in targets:
+            for i in range(len(self.adapters)):
+                parts = [(key, m) for key in target.sources for j, m in self._lookup(key) if j == i]
+                if parts:
+                    placed[i][target.name] = self._block(i, target, parts)
+        return placed
+
+    def _block(self, i: int, target: Target, parts: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        adapter = self.adapters[i]
+        a_parts, blocks = [], []
+        for key, module in parts:
+            lora = adapter.modules[module]
+            if lora.fan_in_fan_out:
+                raise UnsupportedConfig(
+                    f"{adapter.folder}: fan_in_fan_out adapters (weights stored [in, out]) can only be merged at "
+                    "load: pass them in a list, adapters=[...]"
+                )
+            rows = target.part(torch.empty(target.shape, device="meta"), key).shape
+            if (lora.b.shape[0], lora.a.shape[1]) != tuple(rows):
+                raise WeightMismatch(
+                    f"{adapter.folder}: the LoRA of {module} makes a {(lora.b.shape[0], lora.a.shape[1])} update "
+                    f"for {key}, which is {tuple(rows)}; the adapter belongs to another base model"
+                )
+            a_parts.append(lora.a.float())
+            blocks.append((key, lora.b.float() * lora.scaling))
+            self._targets.setdefault((i, module), set()).add(key)
+        a = torch.cat(a_parts)
+        b = torch.zeros(target.shape[0], a.shape[0])
+        col = 0
+        for key, part in blocks:
+            target.part(b, key)[:, col : col + part.shape[1]] = part
+            col += part.shape[1]
+        return a, target.finish(b)
 
     def check(self) -> None:
         """Raise WeightMismatch naming adapter modules that matched no loaded weight, or several."""
