@@ -132,7 +132,7 @@ class Embedder:
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         task: str | Sequence[str] | None = None,
-        adapter: str | Sequence[str] | None = None,
+        adapter: str | Sequence[str | None] | None = None,
     ) -> Any:
         """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.

@@ -73,7 +73,7 @@ def test_each_adapter_matches_peft(model, folders, name):
     got = torch.from_numpy(model.encode(TEXTS, adapter=name))
     want = reference(folders, name)
     assert (want - reference(folders, None)).abs().max() > 0.05  # the adapter changes the vectors: not vacuous
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # worst seen: a 2.4e-7, b 2.4e-7
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # worst seen: a 6.5e-7, b 1.3e-6; merged 6e-7
 
 
 def test_no_adapter_is_the_base(model, folders):
