@@ -144,13 +144,13 @@ def _fused(
     return a, b
 
 
-def write_task_adapters(backbone: Backbone, modules: Modules, dst: Path, base_model: str, layers: int) -> list[Path]:
+def write_task_adapters(
+    backbone: Backbone, table: Mapping[str, Sequence[str]], dst: Path, base_model: str
+) -> list[Path]:
     """One PEFT LoRA folder per task of `backbone`'s TaskLoRA under `dst` (adapter_config.json +
-    adapter_model.safetensors), named for the native modules in `modules`; returns the folders written."""
+    adapter_model.safetensors), for the native modules of `table` (embzoo module → its parts, layers filled in);
+    returns the folders written."""
     lora = backbone.task_lora
-    if lora is None:
-        raise ValueError("this model has no task LoRA adapters to convert (load a jina-embeddings-v3 checkpoint)")
-    table = expand(modules, layers)
     named = dict(backbone.named_modules())
     first = lora.modules[0]
     rank = first.lora_A.shape[1 if isinstance(first, nn.Linear) else 2]
