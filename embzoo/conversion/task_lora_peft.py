@@ -160,13 +160,13 @@ def write_task_adapters(
         for target, parts in table.items():
             module = named[target]
             a, b = module.lora_A[t].float(), module.lora_B[t].float()
-            if isinstance(module, nn.Embedding):  # W += s · A B, peft: W += s · (B' A')ᵀ with A' = Bᵀ, B' = Aᵀ
+            if isinstance(module, nn.Embedding):  # W += s · A B = s · (B' A')ᵀ with peft's A' = Aᵀ, B' = Bᵀ
                 (native,) = parts
-                tensors[f"base_model.model.{native}.lora_embedding_A"] = b.T
-                tensors[f"base_model.model.{native}.lora_embedding_B"] = a.T
+                tensors[f"base_model.model.{native}.lora_embedding_A"] = a.T
+                tensors[f"base_model.model.{native}.lora_embedding_B"] = b.T
                 continue
             for native, rows in zip(parts, b.chunk(len(parts)), strict=True):
-                tensors[f"base_model.model.{native}.lora_A.weight"] = a
+                tensors[f"base_model.model.{native}.lora_A.weight"] = a.clone()  # each part saves its own copy
                 tensors[f"base_model.model.{native}.lora_B.weight"] = rows
         folder = dst / task_folder(task)
         folder.mkdir(parents=True, exist_ok=True)
