@@ -1,4 +1,4 @@
-"""Command line: `embzoo embed | rerank | list | demo`."""
+"""Command line: `embzoo embed | rerank | list | demo | convert`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from embzoo.reranker import ACTIVATIONS, Ranker
 
+DEFAULT_PEFT_BASE = "jinaai/jina-embeddings-v3-hf"  # the transformers-native model the adapters load onto
 DEMO_QUERY = "Which animal is chasing something?"
 
 
@@ -139,6 +140,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"{rank:2d}. {scores[i]:.4f}  {sentences[i]}")
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from embzoo.conversion.convert import convert_lora_to_peft
+
+    try:
+        folders = convert_lora_to_peft(args.src, Path(args.dst), base_model=args.base_model)
+    except ValueError as error:  # not a task-LoRA model: the message, no traceback
+        raise SystemExit(f"embzoo convert: {error}") from None
+    for folder in folders:
+        print(folder)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--query", default=DEMO_QUERY)
     demo.add_argument("--top-k", type=int, default=5)
     demo.set_defaults(func=cmd_demo)
+
+    convert = sub.add_parser("convert", help="rewrite a checkpoint's parts in another standard layout")
+    convert.add_argument(
+        "--lora-to-peft",
+        action="store_true",
+        required=True,
+        help="task LoRA (jina-embeddings-v3) → one PEFT LoRA folder per task under DST, for the -hf model",
+    )
+    convert.add_argument("src", metavar="SRC", help="hub id or local folder of a task-LoRA model")
+    convert.add_argument("dst", metavar="DST", help="folder to write the task adapters into")
+    convert.add_argument(
+        "--base-model", default=DEFAULT_PEFT_BASE, help="base_model_name_or_path written into adapter_config.json"
+    )
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from types import ModuleType
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 from embzoo.conversion.rules import Drop, Rule, Target, dropped, plan
 from embzoo.conversion.snapshot import DenseSpec, Snapshot, weight_files
 from embzoo.conversion.stream import Transform, load_state
+from embzoo.conversion.task_lora_peft import read_task_adapters
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.heads import ClassificationHead, Dense, dense_activation
 from embzoo.registry import family_for, head_key
@@ -43,19 +45,26 @@ def load_backbone(
 
     Strict: raises WeightMismatch listing missing and left-over tensors. `transform(name, tensor)` is
     applied to each consumed checkpoint tensor as it is read, before fusing (LoRA merging). `ignore`: checkpoint
-    keys another loader reads (jina-reranker-v3's projector), skipped here.
+    keys another loader reads (jina-reranker-v3's projector), skipped here. Task LoRA kept as one PEFT adapter
+    per task beside the weights (jina-embeddings-v3's -hf layout) is read too (embzoo.conversion.task_lora_peft).
     """
     family = family_for(snapshot.config)
     arch = family.to_arch(snapshot.config)
+    adapters = read_task_adapters(family, snapshot.model_dir, arch)
+    if adapters is not None:  # scalings are folded into the factors: lora_alpha / lora_rank = 1
+        arch = replace(arch, lora_tasks=adapters.tasks, lora_rank=adapters.rank, lora_alpha=adapters.rank)
     with_head = is_classifier(snapshot.config) if with_head is None else with_head
     head_rules = family.HEADS[head_key(snapshot.config)]
     with torch.device("meta"):
         backbone = Backbone(arch, attn_backend)
         head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
     expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
+    side = adapters.state if adapters is not None else {}  # factors from the task adapter folders
+    expected = {n: s for n, s in expected.items() if n not in side}
     rules = [*family.WEIGHTS, *(head_rules if head else dropped(head_rules)), *ignore]
     folder = snapshot.weights_dir or snapshot.model_dir
     state = load_state(folder, rules, expected, dtype=dtype, device=device, transform=transform)
+    state |= {n: t.to(dtype=dtype, device=device) for n, t in side.items()}
     head_state = {n[len(HEAD_PREFIX) :]: state.pop(n) for n in list(state) if n.startswith(HEAD_PREFIX)}
     backbone.load_state_dict(state, strict=True, assign=True)
     if head is not None:

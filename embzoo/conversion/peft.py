@@ -91,10 +91,10 @@ class Adapter:
 def read_adapter(folder: Path) -> Adapter:
     """An adapter folder's LoRA factors and scalings; UnsupportedConfig for anything but LoRA on Linear layers."""
     cfg = read_json(folder / ADAPTER_CONFIG)
-    _check_config(cfg, folder)
+    check_config(cfg, folder)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     other = []
-    for key, tensor in _read_tensors(folder).items():
+    for key, tensor in read_tensors(folder).items():
         if m := LORA_KEY.match(key):
             parts.setdefault(m["module"], {})[m["factor"]] = tensor
         else:
@@ -112,7 +112,8 @@ def read_adapter(folder: Path) -> Adapter:
     return Adapter(folder, {name: _factors(name, p, cfg, folder) for name, p in sorted(parts.items())})
 
 
-def _check_config(cfg: dict[str, Any], folder: Path) -> None:
+def check_config(cfg: dict[str, Any], folder: Path) -> None:
+    """Raise UnsupportedConfig unless adapter_config.json describes plain LoRA (W += scaling · B @ A)."""
     if cfg.get("peft_type") != "LORA":
         raise UnsupportedConfig(
             f"{folder}: peft_type {cfg.get('peft_type')!r} is not supported; only LoRA adapters (peft_type 'LORA') "
@@ -128,7 +129,8 @@ def _check_config(cfg: dict[str, Any], folder: Path) -> None:
             raise UnsupportedConfig(f"{folder}: {key}={cfg[key]!r} is not supported: {why}; {MERGE_HINT}")
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The adapter folder's tensors as saved (safetensors, else a legacy .bin read with weights_only)."""
     for name in ADAPTER_WEIGHTS:
         path = folder / name
         if path.is_file():
@@ -146,6 +148,13 @@ def _pattern_value(patterns: dict[str, Any] | None, module: str, default: Any) -
     return default
 
 
+def module_scaling(cfg: dict[str, Any], module: str) -> tuple[int, float]:
+    """(r, scaling) of `module` under adapter_config.json `cfg`: rank_pattern / alpha_pattern, rslora."""
+    r = _pattern_value(cfg.get("rank_pattern"), module, cfg["r"])
+    alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
+    return r, alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+
 def _factors(module: str, parts: dict[str, torch.Tensor], cfg: dict[str, Any], folder: Path) -> LoraFactors:
     if set(parts) != {"A", "B"}:
         raise SnapshotError(f"{folder}: {module} has lora_{sorted(parts)} but needs both lora_A and lora_B")
@@ -154,14 +163,12 @@ def _factors(module: str, parts: dict[str, torch.Tensor], cfg: dict[str, Any], f
         raise UnsupportedConfig(
             f"{folder}: {module} has {a.ndim}-D LoRA factors (a convolution); only Linear layers are merged"
         )
-    r = _pattern_value(cfg.get("rank_pattern"), module, cfg["r"])
-    alpha = _pattern_value(cfg.get("alpha_pattern"), module, cfg["lora_alpha"])
+    r, scaling = module_scaling(cfg, module)
     if a.shape[0] != r or b.shape[1] != r:
         raise SnapshotError(
             f"{folder}: {module} has rank {r} in adapter_config.json but lora_A {tuple(a.shape)}, "
             f"lora_B {tuple(b.shape)}"
         )
-    scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     return LoraFactors(a, b, scaling, bool(cfg.get("fan_in_fan_out")))
 
 

@@ -7,7 +7,9 @@ Quirks and the fields that encode them:
   norm2 post-norm, emb_ln → `embed.norm`).
 - transformers-native layout (model_type "jina_embeddings_v3", the -hf repo): separate q/k/v_proj fused into
   `attn.qkv`, o_proj, post_attention_layernorm / post_mlp_layernorm, embeddings.LayerNorm. Its task adapters are
-  PEFT folders beside the weights, not read here: the native layout loads the base weights only.
+  PEFT folders beside the weights (retrieval_query/, …, text_matching/; LoRA on q/k/v separately, lora_embedding_A/B
+  on the embeddings) → PEFT_TASKS, PEFT_TASK_MODULES, PEFT_IGNORE (read and written by
+  embzoo.conversion.task_lora_peft; q/k/v fuse exactly into one LoRA of rank 3r on `attn.qkv`).
 - Rotary NeoX over the whole head, base rotary_emb_base (native: rope_parameters.rope_theta; 20000 in the real
   config), positions from 0 in each sequence → `positions` "rope", `rope_theta`; no position table.
 - Every Linear and Embedding is parametrized (torch.nn.utils.parametrize): <mod>.parametrizations.weight.original
@@ -95,5 +97,20 @@ WEIGHTS = [
     Drop(P + r"pooler\.dense\."),  # XLMRobertaModel's pooler (and its LoRA): mean pooling does not use it
     Drop(r"^lm_head\."),
 ]
+
+PEFT_TASKS = ("retrieval.query", "retrieval.passage", "separation", "classification", "text-matching")
+PEFT_TASK_MODULES = {  # embzoo module → the -hf modules whose LoRA makes its update (fused parts in row order)
+    "embed.tok": ["embeddings.word_embeddings"],
+    "embed.token_type": ["embeddings.token_type_embeddings"],
+    "layers.{i}.attn.qkv": [
+        "layers.{i}.self_attn.q_proj",
+        "layers.{i}.self_attn.k_proj",
+        "layers.{i}.self_attn.v_proj",
+    ],
+    "layers.{i}.attn.out": ["layers.{i}.self_attn.o_proj"],
+    "layers.{i}.mlp.up": ["layers.{i}.mlp.fc1"],
+    "layers.{i}.mlp.down": ["layers.{i}.mlp.fc2"],
+}
+PEFT_IGNORE = r"^pooler\."  # the pooler's LoRA: mean pooling does not use it
 
 HEADS: dict[str, list[Rule]] = {AUTO_CONFIG: [], MODEL_TYPES[0]: []}  # embedders only
