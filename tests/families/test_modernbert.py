@@ -1,11 +1,12 @@
 """ModernBERT: config translation (legacy and layer_types/rope_parameters forms), and parity against
 transformers' ModernBertModel / ModernBertForSequenceClassification / ModernBertForMaskedLM."""
 
+import functools
 import json
 
 import pytest
 import torch
-from conftest import padded, ragged_ids, save_checkpoint
+from conftest import padded, ragged_ids
 from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertModel
 
 from embzoo.config import UnsupportedConfig
@@ -101,21 +102,10 @@ def test_head_config_rejects_unsupported_variants(changes, message):
 
 
 @pytest.fixture
-def make_checkpoint(tmp_path, tokenizer_dir):
-    """conftest's builder, plus noise on every 1-D parameter: transformers initializes norms to 1 and biases
-    to 0, which would hide a bias or norm mapped to the wrong place."""
-
-    def build(model_cls, config, name="ckpt", seed=0):
-        torch.manual_seed(seed)
-        config._attn_implementation = "eager"
-        model = model_cls(config).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() == 1:
-                    p.add_(0.2 * torch.randn_like(p))
-        return save_checkpoint(model, tmp_path / name, tokenizer_dir), model
-
-    return build
+def make_checkpoint(make_checkpoint):
+    """conftest's builder with noise 0.2 on every 1-D parameter (transformers initializes norms to 1 and
+    biases to 0, which would hide a bias or norm mapped to the wrong place)."""
+    return functools.partial(make_checkpoint, noise=0.2)
 
 
 def to_legacy_form(folder, every, global_rope_theta, local_rope_theta):
