@@ -30,7 +30,7 @@ from embzoo.modeling.classifier import ClassifierScorer
 from embzoo.modeling.heads import ClassificationHead
 from embzoo.registry import family_for, head_key
 from embzoo.reranker import EncodedPairs, Reranker
-from embzoo.tokenization import fast_tokenizer
+from embzoo.tokenization import fast_tokenizer, warn_truncated
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,10 @@ class PairTokenizer:
         )
 
     def warn_truncated(self, truncated: int, total: int) -> None:
-        """The one warning per call that names how many pairs were cut (logged, so never deduplicated)."""
-        if truncated:
-            log.warning(
-                "%d of %d (query, document) pairs were longer than %d tokens and were truncated to that limit "
-                "(the longer of query and document first)",
-                truncated,
-                total,
-                self.max_length,
-            )
+        """The one warning per call that names how many pairs were cut."""
+        how = f"longer than {self.max_length} tokens and were truncated to that limit"
+        how += " (the longer of query and document first)"
+        warn_truncated(truncated, total, "(query, document) pairs", how)
 
 
 def cross_encoder(

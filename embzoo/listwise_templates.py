@@ -11,14 +11,11 @@ prompt exceeds the model's positions is halved again until each prompt fits (nev
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from embzoo.yes_no_templates import plain_backend
-
-log = logging.getLogger(__name__)
+from embzoo.tokenization import plain_backend, warn_truncated
 
 DOC_MARKER = "<|embed_token|>"
 QUERY_MARKER = "<|rerank_token|>"
@@ -166,12 +163,6 @@ class JinaV3Prompts:
         return out
 
     def warn_truncated(self, truncated: int, total: int) -> None:
-        """The one warning per call naming how many texts were cut (logged, so never deduplicated)."""
-        if truncated:
-            log.warning(
-                "%d of %d texts were cut (queries to %d tokens, documents to %d)",
-                truncated,
-                total,
-                self.query_tokens,
-                self.document_tokens,
-            )
+        """The one warning per call naming how many texts were cut."""
+        how = f"cut (queries to {self.query_tokens} tokens, documents to {self.document_tokens})"
+        warn_truncated(truncated, total, "texts", how)

@@ -20,7 +20,22 @@ def fast_tokenizer(folder: Path) -> tuple[Any, Tokenizer]:
     hf = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     if not getattr(hf, "is_fast", False):
         raise ValueError(f"{folder}: no fast tokenizer could be built; add a tokenizer.json")
-    return hf, Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    return hf, plain_backend(hf)
+
+
+def plain_backend(tokenizer: Any) -> Tokenizer:
+    """A private copy of a transformers fast tokenizer's Rust backend, without truncation or padding."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
+def warn_truncated(truncated: int, total: int, items: str, how: str) -> None:
+    """The one warning per call that names how many of the `total` items were cut ("N of M {items} were {how}");
+    logged, so never deduplicated. Every tokenizer and prompt builder reports truncation through it."""
+    if truncated:
+        log.warning("%d of %d %s were %s", truncated, total, items, how)
 
 
 class TextTokenizer:
@@ -76,14 +91,10 @@ class TextTokenizer:
         return [len(e.ids) for e in self.backend.encode_batch(self._texts(texts), add_special_tokens=False)]
 
     def warn_truncated(self, truncated: int, total: int) -> None:
-        """The one warning per call that names how many inputs were cut (logged, so never deduplicated)."""
-        if truncated:
-            log.warning(
-                "%d of %d inputs were longer than %d tokens and were truncated to that limit",
-                truncated,
-                total,
-                self.max_length,
-            )
+        """The one warning per call that names how many inputs were cut."""
+        warn_truncated(
+            truncated, total, "inputs", f"longer than {self.max_length} tokens and were truncated to that limit"
+        )
 
     def prompt_length(self, prompt: str) -> int:
         """Tokens a prompt contributes at the start of a text (its trailing special token excluded)."""

@@ -10,16 +10,14 @@ included, default instruction). `score_tokens()` names the LM-head rows the scor
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding
 
 from embzoo.catalog import WEB_SEARCH
 from embzoo.reranker import EncodedPairs
-
-log = logging.getLogger(__name__)
+from embzoo.tokenization import plain_backend, warn_truncated
 
 # Qwen3-Reranker (its model card's format_instruction and process_inputs)
 QWEN3_PREFIX = (
@@ -53,14 +51,6 @@ BGE_GEMMA_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query by providing "
     "a prediction of either 'Yes' or 'No'."
 )
-
-
-def plain_backend(tokenizer: Any) -> Tokenizer:
-    """A private copy of a transformers fast tokenizer's backend, without truncation or padding."""
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_truncation()
-    backend.no_padding()
-    return backend
 
 
 class PromptPairs:
@@ -102,15 +92,9 @@ class PromptPairs:
             )
 
     def warn_truncated(self, truncated: int, total: int) -> None:
-        """The one warning per call that names how many pairs were cut (logged, so never deduplicated)."""
-        if truncated:
-            log.warning(
-                "%d of %d (query, document) pairs were longer than %d tokens and were truncated (%s)",
-                truncated,
-                total,
-                self.max_length,
-                self.cut,
-            )
+        """The one warning per call that names how many pairs were cut."""
+        how = f"longer than {self.max_length} tokens and were truncated ({self.cut})"
+        warn_truncated(truncated, total, "(query, document) pairs", how)
 
 
 class Qwen3RerankerPairs(PromptPairs):
