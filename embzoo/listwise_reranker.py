@@ -96,7 +96,13 @@ class ListwiseReranker(Ranker):
         queries: list[torch.Tensor] = [None] * len(blocks)  # type: ignore[list-item]
         documents: list[torch.Tensor] = [None] * len(blocks)  # type: ignore[list-item]
         for idx in token_budget_batches([len(b.ids) for b in blocks], batch_tokens):
-            q, d = self.scorer(PackedBatch.from_sequences([blocks[i].ids for i in idx]).to(self.device))
+            batch = PackedBatch.from_sequences([blocks[i].ids for i in idx])
+            pin = self.device.type == "cuda"  # pinned: the copies stay asynchronous, as PackedBatch.to's
+            rows = (
+                (r.pin_memory() if pin else r).to(self.device, non_blocking=pin)
+                for r in self.scorer.marker_rows(batch.input_ids)
+            )
+            q, d = self.scorer(batch.to(self.device), *rows)
             per_block = d.split([len(blocks[i].documents) for i in idx])
             for row, (i, doc_vectors) in enumerate(zip(idx.tolist(), per_block, strict=True)):
                 queries[i], documents[i] = q[row], doc_vectors

@@ -18,8 +18,9 @@ def projector(hidden_size: int, inner_size: int, out_size: int) -> nn.Sequential
 
 
 class MarkerProjector(nn.Module):
-    """PackedBatch → (queries fp32 [Q, P], documents fp32 [N, P]): the projected final-normed states at every
-    `query_id` and every `doc_id` token, in stream order (each sequence's markers after the previous one's).
+    """PackedBatch + the marker rows → (queries fp32 [Q, P], documents fp32 [N, P]): the projected final-normed
+    states at every `query_id` and every `doc_id` token, in stream order (each sequence's markers after the
+    previous one's). The rows come from the host-side ids (`marker_rows`), so the forward never syncs.
     The projector runs in float32."""
 
     def __init__(self, backbone: Backbone, head: nn.Sequential, query_id: int, doc_id: int):
@@ -28,9 +29,12 @@ class MarkerProjector(nn.Module):
         self.projector = head.float()
         self.query_id, self.doc_id = query_id, doc_id
 
-    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def marker_rows(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stream positions int64 [Q], [N] of the query and document markers in a batch's (host) input ids."""
+        return (input_ids == self.query_id).nonzero()[:, 0], (input_ids == self.doc_id).nonzero()[:, 0]
+
+    def forward(
+        self, batch: PackedBatch, query_rows: torch.Tensor, doc_rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.backbone(batch)
-        ids = batch.input_ids
-        query = self.projector(hidden[ids == self.query_id].float())
-        documents = self.projector(hidden[ids == self.doc_id].float())
-        return query, documents
+        return self.projector(hidden[query_rows].float()), self.projector(hidden[doc_rows].float())
