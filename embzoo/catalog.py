@@ -177,17 +177,17 @@ def _entries() -> list[CatalogEntry]:
         out.append(e(f"jinaai/jina-embeddings-v2-base-{variant}", "jina_bert", ("mean",), 768, 8192, "apache-2.0",
                      languages, summary="jina-embeddings-v2 base (ALiBi, GeGLU), 8192 tokens."))
     for size in ("0.6B", "4B", "8B"):
-        out.append(e(f"Qwen/Qwen3-Reranker-{size}", "llama", ("lasttoken",), 1, 8192, "apache-2.0", "multilingual",
+        out.append(e(f"Qwen/Qwen3-Reranker-{size}", "llama", (), 1, 8192, "apache-2.0", "multilingual",
                      reranker="qwen3_reranker", summary="Qwen3 yes/no reranker (sigmoid of l(yes) - l(no), one fp32 "
                      "score row); takes an instruction."))
     for size in ("base", "large"):
-        out.append(e(f"mixedbread-ai/mxbai-rerank-{size}-v2", "llama", ("lasttoken",), 1, 8192, "apache-2.0",
+        out.append(e(f"mixedbread-ai/mxbai-rerank-{size}-v2", "llama", (), 1, 8192, "apache-2.0",
                      "multilingual", reranker="mxbai_rerank_v2",
                      summary="mxbai-rerank v2 (Qwen2; l(1) - l(0) as one fp32 score row); optional instruction."))
-    out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", ("lasttoken",), 1, 1024, "apache-2.0", "multilingual",
+    out.append(e("BAAI/bge-reranker-v2-gemma", "gemma", (), 1, 1024, "apache-2.0", "multilingual",
                  reranker="bge_reranker_gemma", summary="BGE reranker on Gemma-2B (l(Yes) as one fp32 score row); "
                  "the instruction replaces its prompt."))
-    out.append(e("jinaai/jina-reranker-v3", "llama", ("markers",), 1, 131072, "cc-by-nc-4.0", "multilingual",
+    out.append(e("jinaai/jina-reranker-v3", "llama", (), 1, 131072, "cc-by-nc-4.0", "multilingual",
                  reranker="jina_v3", summary="jina-reranker-v3 listwise (Qwen3-0.6B; query and up to 125 documents "
                  "in one prompt, cosine of projected marker states)."))
     # cross-encoder rerankers (*ForSequenceClassification, load() returns a Reranker): the classification
