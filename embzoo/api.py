@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,16 +13,47 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from embzoo.catalog import INSTRUCTION_MASKS
+from embzoo.late_interaction import LateInteraction
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.named_lora import NamedLoRA
 from embzoo.packing import token_budget_batches
 from embzoo.quantization import PRECISIONS, calibration_ranges, quantize
-from embzoo.tokenization import TextTokenizer
+from embzoo.reranker import as_pairs, ranked
+from embzoo.scoring import dense_scores, maxsim_scores, sparse_scores
+from embzoo.sparse_vectors import sparse_output
+from embzoo.tokenization import ModelInputs, TextTokenizer
 
-OUTPUTS = ("sentence", "tokens")
+OUTPUTS = ("sentence", "tokens", "sparse", "multivector")
+SPARSE_FORMATS = ("dict", "torch", "scipy")
 PROGRESS_MIN_TEXTS = 1024  # show_progress_bar=None shows a bar from this many texts on
 TOKENIZE_CHUNK = 4096  # texts tokenized at once; the device works on one chunk while the next is tokenized
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one encode call computes: its outputs, token budget per batch, progress bar, sparse top-k and ColBERT
+    role."""
+
+    outputs: tuple[str, ...]
+    batch_tokens: int
+    show: bool
+    top_k: int | None = None
+    role: str | None = None
+
+
+def _restore(parts: list[Any], positions: np.ndarray, count: int) -> Any:
+    """Per-batch results (a [b, D] tensor each, or a list of b per-text items) in batch order → the caller's
+    order; positions[k] is the caller's index of the k-th text in batch order."""
+    if isinstance(parts[0], torch.Tensor):
+        stacked = torch.cat(parts)
+        result = torch.empty_like(stacked)
+        result[torch.from_numpy(positions).to(stacked.device)] = stacked
+        return result
+    restored: list[Any] = [None] * count
+    for pos, item in zip(positions.tolist(), (x for part in parts for x in part), strict=True):
+        restored[pos] = item
+    return restored
 
 
 def _as_texts(sentences: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -53,6 +85,7 @@ class Embedder:
         task_instructions: dict[str, str] | None = None,
         name: str = "",
         adapters: NamedLoRA | None = None,
+        late: LateInteraction | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -73,6 +106,7 @@ class Embedder:
         self.task_instructions = dict(task_instructions or {})
         self.name = name
         self.adapters = adapters
+        self.late = late
 
     @property
     def device(self) -> torch.device:
@@ -80,18 +114,20 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        """Length of the full sentence vector."""
+        """Length of the main output's vectors: the full sentence vector, a multi-vector token vector, or the
+        vocabulary (sparse)."""
         return self.model.dimension
 
     @property
     def max_seq_length(self) -> int:
-        """Inputs are truncated to this many tokens (special tokens included)."""
-        return self.tokenizer.max_length
+        """Inputs are truncated to this many tokens (special tokens included; a ColBERT model: documents)."""
+        return self.late.roles["document"].length if self.late is not None else self.tokenizer.max_length
 
     def __repr__(self) -> str:
         return (
             f"Embedder({self.name!r}, dimension={self.dimension}, max_seq_length={self.max_seq_length}, "
-            f"pooling={self.model.pooler.name!r}, normalize={self.normalize}, device={self.device})"
+            f"outputs={self.model.outputs}, pooling={self.model.pooler.name if self.model.pooler else None!r}, "
+            f"normalize={self.normalize}, device={self.device})"
         )
 
     def _prompt(self, prompt_name: str | None, prompt: str | None, instruction: str | None) -> str:
@@ -128,19 +164,29 @@ class Embedder:
         precision: str = "float32",
         int8_ranges: np.ndarray | None = None,
         batch_tokens: int | None = None,
-        output: str = "sentence",
+        output: str | Sequence[str] | None = None,
         convert_to_tensor: bool = False,
         show_progress_bar: bool | None = None,
         task: str | Sequence[str] | None = None,
         adapter: str | Sequence[str | None] | None = None,
+        max_active_dims: int | None = None,
+        sparse_format: str | None = None,
     ) -> Any:
         """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
-        output="tokens" gives per-text [len_i, hidden] token states instead (a list; one for one str).
+
+        output: "sentence" (the default where the model pools), "tokens" (per-text [len_i, hidden] token states),
+        "multivector" (per-text [n_i, dim] L2-normalized token vectors: ColBERT, BGE-M3) or "sparse" (per-text
+        {token id: weight} dicts; sparse_format "torch" = a torch sparse COO [N, vocab] tensor, the default with
+        convert_to_tensor, "scipy" = a scipy CSR matrix). None = the model's main output (`outputs[0]`). A list
+        of names gives a dict of them, all from one forward pass. Lists of per-text results hold one item for one str.
+        max_active_dims keeps each sparse vector's heaviest weights (None: all).
 
         The text is prefixed by `prompt`, the model's prompt `prompt_name`, or `instruction` (a task
         description put into the model's instruction template, e.g. Qwen3-Embedding's
         "Instruct: {instruction}\nQuery:"); with none of them, the default prompt if the model has one.
+        A ColBERT model needs prompt_name "query" or "document" (or encode_query / encode_document): it marks
+        the input as one or the other and pads queries with [MASK] (see embzoo.late_interaction).
 
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
         Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
@@ -155,32 +201,173 @@ class Embedder:
         the base weights); texts run grouped by adapter, its LoRA added per batch. No adapter: the base weights.
         """
         texts, single = _as_texts(sentences)
+        names = self._output_names(output)
         tasks = self._tasks(task, len(texts), (prompt_name, prompt, instruction))
         adapters = self._adapters(adapter, len(texts))
-        prefix = "" if tasks is not None else self._prompt(prompt_name, prompt, instruction)
-        self._check_output_args(output, dimensions, precision)
-        normalize = self.normalize if normalize is None else normalize
+        role = self._role(prompt_name, prompt, instruction)
+        prefix = "" if tasks is not None or role is not None else self._prompt(prompt_name, prompt, instruction)
+        self._check_output_args(names, dimensions, precision, max_active_dims)
+        sparse_format = sparse_format or ("torch" if convert_to_tensor else "dict")
+        if sparse_format not in SPARSE_FORMATS:
+            raise ValueError(f"unknown sparse_format {sparse_format!r}; allowed: {SPARSE_FORMATS}")
         if batch_tokens is None:
             batch_tokens = 16384 if self.device.type == "cuda" else 4096
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
-        if output == "tokens":
-            states = self._run_groups(texts, tasks, adapters, prefix, batch_tokens, show, tokens=True)
-            states = states if convert_to_tensor else [s.cpu().numpy() for s in states]
-            return states[0] if single else states
-        vectors = self._run_groups(texts, tasks, adapters, prefix, batch_tokens, show, tokens=False)
+        run = _Pass(names, batch_tokens, show, max_active_dims, role)
+        results = self._run_groups(texts, tasks, adapters, prefix, run)
+        out: dict[str, Any] = {}
+        for name, value in results.items():
+            if name == "sentence":
+                value = self._sentence(value, normalize, dimensions, precision, int8_ranges, convert_to_tensor)
+            elif name == "sparse":
+                value = sparse_output(value, self.model.sparse.vocab_size, sparse_format, self.device)
+            elif not convert_to_tensor:
+                value = [v.cpu().numpy() for v in value]
+            out[name] = value[0] if single else value
+        return out[names[0]] if output is None or isinstance(output, str) else out
+
+    def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
+        """encode with the model's "query" prompt (a ColBERT query: marker and [MASK] expansion), if it has one."""
+        return self.encode(sentences, **self._role_kwargs("query", kwargs))
+
+    def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
+        """encode with the model's "document" prompt (a ColBERT document: marker and skiplist), if it has one."""
+        return self.encode(sentences, **self._role_kwargs("document", kwargs))
+
+    def _role_kwargs(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """kwargs with prompt_name=name where the model knows that prompt and the caller chose none."""
+        chosen = any(kwargs.get(k) is not None for k in ("prompt_name", "prompt", "instruction", "task"))
+        known = name in self.prompts or (self.late is not None and name in self.late.roles)
+        return kwargs if chosen or not known else {**kwargs, "prompt_name": name}
+
+    def score(
+        self, pairs: Sequence[tuple[str, str]], *, output: str | None = None, batch_tokens: int | None = None
+    ) -> np.ndarray:
+        """float32 [N] retrieval scores of (query, document) pairs from one output: "sentence" (cosine),
+        "sparse" (dot product) or "multivector" (MaxSim, summed over query tokens, BGE-M3: averaged); None = the
+        main output. Queries are encoded as encode_query does, documents as encode_document (prompts, ColBERT roles)."""
+        name = self._output_names(output)[0]
+        if name == "tokens":
+            raise ValueError("token states have no retrieval score; score with sentence, sparse or multivector outputs")
+        return self._pair_scores(as_pairs(pairs), (name,), batch_tokens)[name]
+
+    def rank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_k: int | None = None,
+        return_documents: bool = False,
+        output: str | None = None,
+        batch_tokens: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Documents sorted by score (see score), best first: [{"index", "score", ("document")}], top_k of them,
+        as a Reranker's rank."""
+
+        def score(pairs: list[tuple[str, str]]) -> np.ndarray:
+            return self.score(pairs, output=output, batch_tokens=batch_tokens)
+
+        return ranked(query, documents, score, top_k=top_k, return_documents=return_documents)
+
+    def compute_score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        batch_tokens: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """BGE-M3's hybrid scores of (query, document) pairs, float32 [N] each: "dense", "sparse", "colbert" and
+        the weighted means "sparse+dense" and "colbert+sparse+dense" with weights (dense, sparse, colbert), as
+        FlagEmbedding's compute_score (its default weights [1, 1, 1]). The ColBERT score is that of the encoded
+        vectors (FlagEmbedding's compute_score also lets a longer document's padding floor each max at 0)."""
+        names = ("sentence", "sparse", "multivector")
+        if not set(names) <= set(self.model.outputs):
+            raise ValueError(
+                f"compute_score needs dense, sparse and multi-vector outputs; this model has {self.model.outputs}"
+            )
+        if len(weights) != 3:
+            raise ValueError(f"weights are (dense, sparse, colbert); got {len(weights)} of them")
+        s = self._pair_scores(as_pairs(pairs), names, batch_tokens)
+        dense, sparse, colbert = s["sentence"], s["sparse"], s["multivector"]
+        wd, ws, wc = (float(w) for w in weights)
+        return {
+            "colbert": colbert,
+            "sparse": sparse,
+            "dense": dense,
+            "sparse+dense": (sparse * ws + dense * wd) / (ws + wd),
+            "colbert+sparse+dense": (colbert * wc + sparse * ws + dense * wd) / (wc + ws + wd),
+        }
+
+    def _pair_scores(
+        self, pairs: list[tuple[str, str]], names: tuple[str, ...], batch_tokens: int | None
+    ) -> dict[str, np.ndarray]:
+        """Each output's float32 [N] scores of the pairs; every distinct query and document is encoded once."""
+        if not pairs:
+            return {name: np.zeros(0, dtype=np.float32) for name in names}
+        queries, documents = (list(dict.fromkeys(side)) for side in zip(*pairs, strict=True))
+        kwargs = dict(output=list(names), convert_to_tensor=True, batch_tokens=batch_tokens)
+        if "sentence" in names:
+            kwargs["normalize"] = True  # cosine
+        q = self.encode_query(queries, **kwargs)
+        d = self.encode_document(documents, **kwargs)
+        where_q, where_d = ({t: i for i, t in enumerate(side)} for side in (queries, documents))
+        qi, di = [where_q[a] for a, _ in pairs], [where_d[b] for _, b in pairs]
+        rows_q, rows_d = torch.tensor(qi, device=self.device), torch.tensor(di, device=self.device)
+        out = {}
+        for name in names:
+            if name == "sentence":
+                got = dense_scores(q[name][rows_q], d[name][rows_d], pairwise=True)
+            elif name == "sparse":
+                got = sparse_scores(q[name].index_select(0, rows_q), d[name].index_select(0, rows_d), pairwise=True)
+            else:
+                reduce = self.model.multivector.reduce
+                got = maxsim_scores([q[name][i] for i in qi], [d[name][i] for i in di], reduce=reduce, pairwise=True)
+            out[name] = got.float().cpu().numpy()
+        return out
+
+    def _output_names(self, output: str | Sequence[str] | None) -> tuple[str, ...]:
+        names = (self.model.outputs[0],) if output is None else (output,) if isinstance(output, str) else tuple(output)
+        bad = [n for n in names if n not in self.model.outputs]
+        if bad or not names or len(set(names)) != len(names):
+            raise ValueError(
+                f"output {output!r}: {self.name or 'this model'} gives {self.model.outputs} "
+                f"(pass one name, or a list of distinct names; known kinds: {OUTPUTS})"
+            )
+        return names
+
+    def _role(self, prompt_name: str | None, prompt: str | None, instruction: str | None) -> str | None:
+        """A ColBERT input's role ("query" or "document") from prompt_name; None for other models."""
+        if self.late is None:
+            return None
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name not in self.late.roles or prompt is not None or instruction is not None:
+            raise ValueError(
+                f"{self.name or 'this ColBERT model'} encodes queries and documents differently: pass "
+                f"prompt_name= one of {sorted(self.late.roles)} (or call encode_query / encode_document)"
+            )
+        return name
+
+    def _sentence(
+        self,
+        vectors: torch.Tensor,
+        normalize: bool | None,
+        dimensions: int | None,
+        precision: str,
+        int8_ranges: np.ndarray | None,
+        convert_to_tensor: bool,
+    ) -> Any:
+        """Sentence vectors [N, D] → truncated (Matryoshka), normalized, quantized, as numpy or a tensor."""
         if dimensions is not None:
             if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
                 vectors = F.layer_norm(vectors, (vectors.shape[-1],))
             vectors = vectors[:, :dimensions]
-        if normalize:
+        if self.normalize if normalize is None else normalize:
             vectors = F.normalize(vectors, p=2, dim=-1)
         if precision != "float32":
             ranges = int8_ranges if int8_ranges is not None else self.int8_ranges
             vectors = quantize(vectors.cpu().numpy(), precision, ranges)
-            vectors = torch.from_numpy(vectors).to(self.device) if convert_to_tensor else vectors
-        elif not convert_to_tensor:
-            vectors = vectors.cpu().numpy()
-        return vectors[0] if single else vectors
+            return torch.from_numpy(vectors).to(self.device) if convert_to_tensor else vectors
+        return vectors if convert_to_tensor else vectors.cpu().numpy()
 
     def _tasks(self, task: str | Sequence[str] | None, count: int, prompts: tuple) -> list[str] | None:
         """One task name per text (None without a task), checked against the model's adapters."""
@@ -236,18 +423,10 @@ class Embedder:
             yield
 
     def _run_groups(
-        self,
-        texts: list[str],
-        tasks: list[str] | None,
-        adapters: list[str | None] | None,
-        prefix: str,
-        batch_tokens: int,
-        show: bool,
-        tokens: bool,
-    ) -> torch.Tensor | list[torch.Tensor]:
+        self, texts: list[str], tasks: list[str] | None, adapters: list[str | None] | None, prefix: str, run: _Pass
+    ) -> dict[str, Any]:
         """_run, with each text's task adapter and instruction and its named adapter: texts grouped by (task,
         adapter), one group at a time, results in the caller's order."""
-        args = batch_tokens, show, tokens
         keys = zip(tasks or [None] * len(texts), adapters or [None] * len(texts), strict=True)
         groups: dict[tuple[str | None, str | None], list[int]] = {}
         for i, key in enumerate(keys):
@@ -255,31 +434,32 @@ class Embedder:
         if len(groups) <= 1:  # no reordering: the whole call in one run
             task, adapter = next(iter(groups), (None, None))
             with self._weights(task, adapter, alone=True):
-                return self._run(texts, prefix if task is None else self.task_instructions.get(task, ""), *args)
-        results: list[Any] = [None] * len(texts)
+                return self._run(texts, prefix if task is None else self.task_instructions.get(task, ""), run)
+        parts = []
         for (task, adapter), idx in groups.items():
             with self._weights(task, adapter, alone=False):
                 instruction = prefix if task is None else self.task_instructions.get(task, "")
-                out = self._run([texts[i] for i in idx], instruction, *args)
-            for i, row in zip(idx, out, strict=True):
-                results[i] = row
-        return results if tokens else torch.stack(results)
+                parts.append((idx, self._run([texts[i] for i in idx], instruction, run)))
+        order = np.concatenate([idx for idx, _ in parts])
+        return {name: _restore([p[name] for _, p in parts], order, len(texts)) for name in run.outputs}
 
-    def _check_output_args(self, output: str, dimensions: int | None, precision: str) -> None:
-        if output not in OUTPUTS:
-            raise ValueError(f"unknown output {output!r}; allowed: {OUTPUTS}")
+    def _check_output_args(
+        self, names: tuple[str, ...], dimensions: int | None, precision: str, max_active_dims: int | None
+    ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; allowed: {PRECISIONS}")
-        if output == "tokens" and (dimensions is not None or precision != "float32"):
-            raise ValueError("dimensions and precision apply to output='sentence' only")
+        if "sentence" not in names and (dimensions is not None or precision != "float32"):
+            raise ValueError("dimensions and precision apply to the sentence output only")
         if dimensions is not None and not 1 <= dimensions <= self.dimension:
             raise ValueError(f"dimensions must be in 1..{self.dimension}, got {dimensions}")
+        if max_active_dims is not None and ("sparse" not in names or max_active_dims < 1):
+            raise ValueError(f"max_active_dims (a positive count) applies to the sparse output; got {max_active_dims}")
 
     def _pool_skips(self, texts: list[str], prefix: str, ids: list[list[int]]) -> np.ndarray | None:
         """Leading tokens of each sequence kept out of the pool (see catalog.CatalogEntry.instruction_mask),
         or None when every token is pooled. "text_tokens" applies with or without a prompt (a leading BOS
         is not a text token)."""
-        if self.model.pooler.include_prompt:
+        if self.model.pooler is None or self.model.pooler.include_prompt:
             return None
         if self.instruction_mask == "text_tokens":
             counts = np.asarray(self.tokenizer.token_counts([t + self.text_suffix for t in texts]))
@@ -292,55 +472,59 @@ class Embedder:
             skip = self.tokenizer.prompt_length(prefix)
         return np.full(len(ids), skip)
 
-    @torch.inference_mode()
-    def _run(
-        self, texts: list[str], prefix: str, batch_tokens: int, show: bool, tokens: bool
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """Tokenize prefix + text + text_suffix chunk by chunk; forward each chunk in length-sorted token-budget
-        batches.
+    def _inputs(self, texts: list[str], prefix: str, role: str | None) -> ModelInputs:
+        """Token ids of prefix + text + text_suffix (a ColBERT role's marked inputs instead), with what the
+        batches need besides."""
+        if role is not None:
+            return self.late.encode(texts, role)
+        ids, cut = self.tokenizer.encode([prefix + t + self.text_suffix for t in texts])
+        return ModelInputs(ids, cut, skips=self._pool_skips(texts, prefix, ids))
 
-        GPU work is queued asynchronously, so the next chunk is tokenized while the device computes;
-        the only host sync is the final reorder into the caller's order.
+    @torch.inference_mode()
+    def _run(self, texts: list[str], prefix: str, run: _Pass) -> dict[str, Any]:
+        """Tokenize chunk by chunk; forward each chunk in length-sorted token-budget batches; the outputs in the
+        caller's order (sentence: [N, D]; the others: one item per text).
+
+        GPU work is queued asynchronously, so the next chunk is tokenized while the device computes; sentence
+        vectors sync the host once, at the final reorder (the per-text outputs sync once per batch).
         """
-        device = self.device
-        outputs: list[torch.Tensor] = []
+        parts: list[dict[str, Any]] = []
         order: list[np.ndarray] = []
         truncated = 0
-        with tqdm(total=len(texts), disable=not show, desc="embzoo encode", unit="text") as bar:
+        with tqdm(total=len(texts), disable=not run.show, desc="embzoo encode", unit="text") as bar:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
-                chunk = texts[start : start + TOKENIZE_CHUNK]
-                ids, cut = self.tokenizer.encode([prefix + t + self.text_suffix for t in chunk])
-                skips = self._pool_skips(chunk, prefix, ids)
-                truncated += cut
-                for idx in token_budget_batches([len(s) for s in ids], batch_tokens):
-                    batch_skips = None if skips is None else skips[idx]
-                    outputs.extend(self._forward([ids[i] for i in idx], tokens, batch_skips))
+                inputs = self._inputs(texts[start : start + TOKENIZE_CHUNK], prefix, run.role)
+                truncated += inputs.truncated
+                for idx in token_budget_batches([len(s) for s in inputs.ids], run.batch_tokens):
+                    parts.append(self._forward(inputs.select(idx), run))
                     order.append(idx + start)
                     bar.update(len(idx))
-        self.tokenizer.warn_truncated(truncated, len(texts))
+        if run.role is not None:
+            self.late.warn_truncated(truncated, len(texts), run.role)
+        else:
+            self.tokenizer.warn_truncated(truncated, len(texts))
         if not texts:
-            return [] if tokens else torch.zeros(0, self.dimension, device=device)
-        positions = torch.from_numpy(np.concatenate(order))
-        if tokens:
-            restored: list[torch.Tensor] = [None] * len(texts)  # type: ignore[list-item]
-            for pos, state in zip(positions.tolist(), outputs, strict=True):
-                restored[pos] = state
-            return restored
-        stacked = torch.cat(outputs)
-        result = torch.empty_like(stacked)
-        result[positions.to(device)] = stacked
-        return result
+            return {
+                n: torch.zeros(0, self.dimension, device=self.device) if n == "sentence" else [] for n in run.outputs
+            }
+        positions = np.concatenate(order)
+        return {name: _restore([p[name] for p in parts], positions, len(texts)) for name in run.outputs}
 
-    def _forward(self, ids: list[list[int]], tokens: bool, skips: np.ndarray | None) -> list[torch.Tensor]:
-        """One packed batch → per-text token states [len_i, hidden], or one [B, D] block of vectors;
-        skips [B]: leading tokens per sequence kept out of the pool."""
-        batch = PackedBatch.from_sequences(ids).to(self.device)
-        if tokens:
-            return list(self.model.backbone(batch).float().split([len(s) for s in ids]))
-        prompt_lengths = None
-        if skips is not None:
-            prompt_lengths = torch.from_numpy(skips.astype(np.int32)).to(self.device)
-        return [self.model(batch, prompt_lengths)]
+    def _forward(self, inputs: ModelInputs, run: _Pass) -> dict[str, Any]:
+        """One packed batch → its outputs: sentence [B, D]; tokens, multivector and sparse one item per text."""
+        device = self.device
+        batch = PackedBatch.from_sequences(inputs.ids, key_lengths=inputs.key_lengths).to(device)
+        prompt_lengths = None if inputs.skips is None else torch.from_numpy(inputs.skips.astype(np.int32)).to(device)
+        keep = None if inputs.keep is None else torch.from_numpy(np.concatenate(inputs.keep)).to(device)
+        out = self.model.run(batch, run.outputs, prompt_lengths=prompt_lengths, keep=keep, top_k=run.top_k)
+        if "tokens" in out:
+            out["tokens"] = list(out["tokens"].split([len(s) for s in inputs.ids]))
+        if "multivector" in out:
+            vectors, counts = out["multivector"]
+            out["multivector"] = list(vectors.split(counts.tolist()))
+        if "sparse" in out:
+            out["sparse"] = out["sparse"].rows()
+        return out
 
     def calibrate(
         self,

@@ -87,6 +87,8 @@ class CatalogEntry:
     # a reranker's default output as its model card prints it: "sigmoid" or "none" (the raw logit); "" = what the
     # checkpoint's files (cross-encoders) or its template (yes/no, listwise) say
     activation: str = ""
+    # a masked-LM checkpoint without sentence-transformers files that is a SPLADE model (sparse output)
+    splade: bool = False
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
@@ -105,7 +107,8 @@ def _entries() -> list[CatalogEntry]:
         e(DEFAULT_MODEL, "bert", ("mean",), 384, 256, "apache-2.0",
           summary="Small general-purpose sentence embedder (6 layers); the bundled default."),
         e("BAAI/bge-m3", "bert", ("cls",), 1024, 8192, "mit", "multilingual",
-          summary="BGE-M3 dense retrieval vectors (XLM-R large, 8192 tokens); no prompt needed."),
+          summary="BGE-M3 (XLM-R large, 8192 tokens): dense CLS vectors, sparse lexical weights and ColBERT vectors "
+          "from one pass (output=[...]); compute_score mixes the three."),
         e("nomic-ai/nomic-embed-text-v1", "nomic_bert", ("mean",), 768, 8192, "apache-2.0", prompts=NOMIC_PROMPTS,
           summary="NomicBert (RoPE, SwiGLU); every input needs a task prefix."),
         e("nomic-ai/nomic-embed-text-v1.5", "nomic_bert", ("mean",), 768, 8192, "apache-2.0", prompts=NOMIC_PROMPTS,
@@ -214,6 +217,22 @@ def _entries() -> list[CatalogEntry]:
         e("jinaai/jina-reranker-v2-base-multilingual", "jina_xlm_roberta", (), 1, 1024, "cc-by-nc-4.0",
           "multilingual", normalize=False, summary="jina-reranker-v2 (XLM-R in Jina's flash layout, absolute "
           "positions, 1024 tokens); sigmoid scores as its compute_score."),
+    ]
+    # multi-vector (ColBERT: encode_query / encode_document give per-token vectors, scored by MaxSim) and sparse
+    # (SPLADE: {token id: weight} over the vocabulary) models; no sentence pooling
+    out += [
+        e("colbert-ir/colbertv2.0", "bert", (), 128, 180, "mit", normalize=False,
+          summary="ColBERTv2 (Stanford layout: [unused0]/[unused1] markers, 32-token queries, punctuation skiplist)."),
+        e("lightonai/GTE-ModernColBERT-v1", "modernbert", (), 128, 300, "apache-2.0", normalize=False,
+          summary="PyLate ColBERT on gte-modernbert-base ([Q]/[D] markers, 300-token documents)."),
+        e("answerdotai/answerai-colbert-small-v1", "bert", (), 96, 512, "apache-2.0", normalize=False,
+          summary="Small ColBERT (MiniLM-sized BERT, 96-dim token vectors)."),
+        e("naver/splade-v3", "bert", (), 30522, 512, "cc-by-nc-sa-4.0", normalize=False, splade=True,
+          summary="SPLADE v3 (BERT masked-LM head, log(1 + relu), max over tokens): sparse vocabulary weights."),
+        e("naver/splade-cocondenser-ensembledistil", "bert", (), 30522, 512, "cc-by-nc-sa-4.0", normalize=False,
+          splade=True, summary="SPLADE++ CoCondenser EnsembleDistil: sparse vocabulary weights."),
+        e("prithivida/Splade_PP_en_v1", "bert", (), 30522, 512, "apache-2.0", normalize=False, splade=True,
+          summary="SPLADE++ (independent reproduction): sparse vocabulary weights."),
     ]
     # fmt: on
     return out

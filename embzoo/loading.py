@@ -22,7 +22,18 @@ from embzoo.conversion.load import (
     load_pooler,
     weight_targets,
 )
+from embzoo.conversion.output_heads import (
+    STANFORD_LINEAR,
+    bge_m3_heads,
+    colbert_head,
+    is_bge_m3,
+    is_colbert,
+    is_stanford_colbert,
+    late_interaction,
+    splade_head,
+)
 from embzoo.conversion.peft import adapter_snapshot, is_adapter, lora_transform
+from embzoo.conversion.rules import Drop
 from embzoo.conversion.snapshot import PipelineSpec, Snapshot, read_snapshot, resolve
 from embzoo.cross_encoder import check_classifier, cross_encoder
 from embzoo.loading_rerankers import load_reranker
@@ -157,7 +168,12 @@ def load(
         return reranker
     quantize = load_in_8bit or load_in_4bit  # then blocks are loaded on the host and quantized one by one
     backbone, head = load_backbone(
-        snap, attn_backend=attn_backend, dtype=dtype, device="cpu" if quantize else device, transform=merge
+        snap,
+        attn_backend=attn_backend,
+        dtype=dtype,
+        device="cpu" if quantize else device,
+        transform=merge,
+        ignore=[Drop(STANFORD_LINEAR)] if is_stanford_colbert(snap) else (),  # the ColBERT projection, read apart
     )
     merge.check()
     lora = _named_adapters(snap, backbone, named) if named else None
@@ -170,7 +186,9 @@ def load(
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     if head is not None:
         return cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
-    return _embedder(snap, entry, backbone, limit, name, dtype=dtype, device=device, adapters=lora)
+    return _embedder(
+        snap, entry, backbone, limit, name, dtype=dtype, device=device, adapters=lora, stated_length=max_seq_length
+    )
 
 
 def _named_adapters(snap: Snapshot, backbone: Backbone, folders: Mapping[str, str | Path]) -> NamedLoRA:
@@ -210,32 +228,17 @@ def _embedder(
     dtype: torch.dtype,
     device: torch.device,
     adapters: NamedLoRA | None = None,
+    stated_length: int | None = None,
 ) -> Embedder:
     """The Embedder around a loaded backbone: pooler (a family's learned one, or sentence-transformers'),
-    Dense heads, tokenizer, and the recipe's prompts, instruction handling and normalization."""
+    Dense heads, multi-vector and sparse heads (embzoo.conversion.output_heads), tokenizer, and the recipe's
+    prompts, instruction handling and normalization. stated_length: the caller's max_seq_length (a ColBERT
+    model's document length)."""
     pipe = snap.pipeline
-    learned = load_pooler(snap, dtype=dtype, device=device)  # a family's own pooler replaces sentence-transformers'
-    pooling = pipe.pooling or (entry.pooling if entry else None)
-    if pooling is None and learned is None:
-        log.warning("%s has no sentence-transformers Pooling config and no catalog entry: mean pooling", snap.root)
-        pooling = ("mean",)
-    normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
-    normalize = normalize or bool(learned is not None and learned.output_normalize)
-    prompts = {**(entry.prompts if entry else {}), **pipe.prompts}
-    # a recipe that masks instructions its own way keeps them out of the pool
-    include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
-    model = EmbeddingModel(
-        backbone,
-        learned if learned is not None else Pooler(pooling, include_prompt),
-        [load_dense(d, device=device) for d in pipe.dense],
-    )
     end_token = entry.end_token if entry else ""
     tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, end_token=end_token)
-    return Embedder(
-        model,
-        tokenizer,
-        normalize=normalize,
-        prompts=prompts,
+    recipe = dict(
+        prompts={**(entry.prompts if entry else {}), **pipe.prompts},
         default_prompt_name=pipe.default_prompt_name,
         matryoshka_layer_norm=bool(entry and entry.matryoshka_layer_norm),
         instruction_template=entry.instruction_template if entry else "",
@@ -245,3 +248,32 @@ def _embedder(
         name=name,
         adapters=adapters,
     )
+    hidden = backbone.cfg.hidden_size
+    if is_colbert(snap):
+        check_max_seq_length(stated_length, backbone.max_seq_len)
+        late = late_interaction(snap, lowercase=pipe.do_lower_case, document_length=stated_length)
+        model = EmbeddingModel(backbone, None, multivector=colbert_head(snap, hidden, device=device))
+        return Embedder(model, tokenizer, late=late, **recipe)
+    if pipe.splade is not None or (entry is not None and entry.splade):
+        model = EmbeddingModel(backbone, None, sparse=splade_head(snap, dtype=dtype, device=device))
+        return Embedder(model, tokenizer, **recipe)
+    learned = load_pooler(snap, dtype=dtype, device=device)  # a family's own pooler replaces sentence-transformers'
+    pooling = pipe.pooling or (entry.pooling if entry else None)
+    if pooling is None and learned is None:
+        log.warning("%s has no sentence-transformers Pooling config and no catalog entry: mean pooling", snap.root)
+        pooling = ("mean",)
+    normalize = pipe.normalize if pipe.normalize is not None else bool(entry and entry.normalize)
+    normalize = normalize or bool(learned is not None and learned.output_normalize)
+    # a recipe that masks instructions its own way keeps them out of the pool
+    include_prompt = pipe.include_prompt and (entry is None or entry.instruction_mask == "prompt")
+    sparse, multivector = (
+        bge_m3_heads(snap, hidden, backbone.cfg.vocab_size, device=device) if is_bge_m3(snap) else (None, None)
+    )
+    model = EmbeddingModel(
+        backbone,
+        learned if learned is not None else Pooler(pooling, include_prompt),
+        [load_dense(d, device=device) for d in pipe.dense],
+        sparse=sparse,
+        multivector=multivector,
+    )
+    return Embedder(model, tokenizer, normalize=normalize, **recipe)

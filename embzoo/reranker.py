@@ -9,7 +9,7 @@ row a yes/no LM head was reduced to).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,24 +85,39 @@ class Ranker(ABC):
         batch_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
         """Documents sorted by score, best first: [{"index", "score", ("document")}], top_k of them."""
-        if not isinstance(query, str):
-            raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
-        if isinstance(documents, str):
-            raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
-        documents = list(documents)
-        if not documents:
-            raise ValueError("rank needs at least one document; got an empty list")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be a positive number of documents, got {top_k}")
-        scores = self.score(
-            [(query, d) for d in documents], instruction=instruction, activation=activation, batch_tokens=batch_tokens
-        )
-        order = np.argsort(-scores, kind="stable")[:top_k]
-        out = [{"index": int(i), "score": float(scores[i])} for i in order]
-        if return_documents:
-            for row in out:
-                row["document"] = documents[row["index"]]
-        return out
+
+        def score(pairs: list[tuple[str, str]]) -> np.ndarray:
+            return self.score(pairs, instruction=instruction, activation=activation, batch_tokens=batch_tokens)
+
+        return ranked(query, documents, score, top_k=top_k, return_documents=return_documents)
+
+
+def ranked(
+    query: str,
+    documents: Sequence[str],
+    score: Callable[[list[tuple[str, str]]], np.ndarray],
+    *,
+    top_k: int | None = None,
+    return_documents: bool = False,
+) -> list[dict[str, Any]]:
+    """One query's documents scored by `score` (pairs → float32 [N]), sorted best first: [{"index", "score",
+    ("document")}], top_k of them. Shared by every rank() (rerankers, Embedder)."""
+    if not isinstance(query, str):
+        raise TypeError(f"rank expects the query as a str, got {type(query).__name__}")
+    if isinstance(documents, str):
+        raise TypeError("rank expects a list of documents, got one str; wrap it: [document]")
+    documents = list(documents)
+    if not documents:
+        raise ValueError("rank needs at least one document; got an empty list")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive number of documents, got {top_k}")
+    scores = score([(query, d) for d in documents])
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    out = [{"index": int(i), "score": float(scores[i])} for i in order]
+    if return_documents:
+        for row in out:
+            row["document"] = documents[row["index"]]
+    return out
 
 
 class Reranker(Ranker):

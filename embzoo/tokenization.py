@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Token ids of N texts and what batching them needs besides; optional fields are None when unused."""
+
+    ids: list[list[int]]
+    truncated: int  # how many texts were cut to the model's limit
+    skips: np.ndarray | None = None  # int [N]: leading tokens kept out of the sentence pool
+    key_lengths: list[int] | None = None  # leading tokens each text attends to (ColBERT's unattended [MASK]s)
+    keep: list[np.ndarray] | None = None  # bool [len_i] per text: tokens whose multivector output is returned
+
+    def select(self, idx: np.ndarray) -> ModelInputs:
+        """The inputs of texts idx (one batch)."""
+
+        def pick(values: Sequence | None) -> list | None:
+            return None if values is None else [values[i] for i in idx]
+
+        skips = None if self.skips is None else self.skips[idx]
+        return replace(self, ids=pick(self.ids), skips=skips, key_lengths=pick(self.key_lengths), keep=pick(self.keep))
 
 
 def fast_tokenizer(folder: Path) -> tuple[Any, Tokenizer]:

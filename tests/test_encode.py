@@ -136,8 +136,10 @@ def test_int8_never_derives_ranges_from_the_batch(mean_model):
         ({"prompt": "x", "prompt_name": "y"}, ValueError, "at most one of prompt, prompt_name and instruction"),
         ({"dimensions": 33}, ValueError, r"dimensions must be in 1\.\.32"),
         ({"precision": "int4"}, ValueError, "allowed"),
-        ({"output": "sparse"}, ValueError, "allowed"),
-        ({"output": "tokens", "dimensions": 8}, ValueError, "output='sentence' only"),
+        ({"output": "sparse"}, ValueError, r"gives \('sentence', 'tokens'\)"),
+        ({"output": ["sentence", "sentence"]}, ValueError, "distinct names"),
+        ({"output": "tokens", "dimensions": 8}, ValueError, "sentence output only"),
+        ({"max_active_dims": 4}, ValueError, "applies to the sparse output"),
     ],
 )
 def test_bad_arguments_name_the_fix(mean_model, kwargs, error, message):

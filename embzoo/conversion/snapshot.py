@@ -17,7 +17,23 @@ from safetensors import safe_open
 log = logging.getLogger(__name__)
 
 ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE = "Transformer", "Pooling", "Dense", "Normalize"
-ST_MODULES = (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE)
+ST_MLM_TRANSFORMER, ST_SPLADE = "MLMTransformer", "SpladePooling"  # sentence-transformers' SparseEncoder (SPLADE)
+ST_MODULES = (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE, ST_MLM_TRANSFORMER, ST_SPLADE)
+# module order embzoo runs, by kind letter: Transformer → Pooling → Dense… → Normalize (a ColBERT model: Dense
+# layers with no Pooling, per token), or Transformer → SpladePooling
+MODULE_LETTERS = {ST_TRANSFORMER: "T", ST_MLM_TRANSFORMER: "T", ST_POOLING: "P", ST_DENSE: "D", ST_NORMALIZE: "N"}
+MODULE_LETTERS[ST_SPLADE] = "S"
+MODULE_ORDER = re.compile(r"T(?:P?D*N?|S)")
+# PyLate's ColBERT settings in config_sentence_transformers.json (see embzoo.conversion.colbert)
+COLBERT_KEYS = (
+    "query_prefix",
+    "document_prefix",
+    "query_length",
+    "document_length",
+    "attend_to_expansion_tokens",
+    "skiplist_words",
+    "do_query_expansion",
+)
 LEGACY_POOLING_KEYS = {  # sentence-transformers' concatenation order
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
@@ -26,10 +42,10 @@ LEGACY_POOLING_KEYS = {  # sentence-transformers' concatenation order
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-DENSE_UNSUPPORTED = {  # Dense config keys whose non-default values embzoo does not run
-    "use_residual": False,
-    "module_input_name": "sentence_embedding",
-    "module_output_name": "sentence_embedding",
+DENSE_SUPPORTED = {  # Dense config keys and the values embzoo runs (the first is the default)
+    "use_residual": (False,),
+    "module_input_name": ("sentence_embedding", "token_embeddings"),  # where it applies follows modules.json
+    "module_output_name": ("sentence_embedding", "token_embeddings"),
 }
 WEIGHT_FILES = (
     "model.safetensors",
@@ -39,7 +55,15 @@ WEIGHT_FILES = (
 )
 # what a Hub download fetches (fnmatch: "*" crosses "/", so module subfolders are included);
 # ONNX/OpenVINO exports and duplicate .bin weights are left on the Hub
-HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
+HUB_FILES = [
+    "*.json",
+    "*.txt",
+    "*.model",
+    "*.safetensors",
+    "colbert_linear.pt",
+    "sparse_linear.pt",
+    "artifact.metadata",
+]
 HUB_LEGACY_WEIGHTS = ["*.json", "*pytorch_model*.bin", "adapter_model.bin"]
 HUB_IGNORE = ["consolidated*"]  # Mistral's original-format copy of the weights, beside the transformers shards
 
@@ -74,6 +98,8 @@ class PipelineSpec:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    colbert: dict[str, Any] = field(default_factory=dict)  # PyLate's settings (COLBERT_KEYS) that the folder states
+    splade: dict[str, Any] | None = None  # a SpladePooling module's config.json
 
 
 @dataclass(frozen=True)
@@ -145,11 +171,11 @@ def _module_kind(type_name: str) -> str:
 
 def _dense_spec(folder: Path) -> DenseSpec:
     cfg = read_json(folder / "config.json")
-    for key, default in DENSE_UNSUPPORTED.items():
-        if cfg.get(key, default) != default:
+    for key, values in DENSE_SUPPORTED.items():
+        if cfg.get(key, values[0]) not in values:
             raise SnapshotError(
-                f"{folder}: Dense {key}={cfg[key]!r} is not supported (only {key}={default!r}); "
-                "embzoo applies Dense layers to the pooled sentence embedding"
+                f"{folder}: Dense {key}={cfg[key]!r} is not supported (only {' or '.join(map(repr, values))}); "
+                "embzoo applies Dense layers to the pooled sentence embedding, or to every token (ColBERT)"
             )
     activation = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")
     return DenseSpec(folder, int(cfg["in_features"]), int(cfg["out_features"]), bool(cfg.get("bias", True)), activation)
@@ -171,19 +197,21 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
         cfg = read_json(st_cfg)
         spec["prompts"] = dict(cfg.get("prompts") or {})
         spec["default_prompt_name"] = cfg.get("default_prompt_name")
+        spec["colbert"] = {k: cfg[k] for k in COLBERT_KEYS if k in cfg}
     if not (root / "modules.json").is_file():
         return root, PipelineSpec(**spec, tokenizer_max_length=_tokenizer_max_length(root))
     modules = read_json(root / "modules.json")
     kinds = [_module_kind(m["type"]) for m in modules]
-    if not re.fullmatch(r"T(PD*)?N?", "".join(k[0] for k in kinds)):
+    if not MODULE_ORDER.fullmatch("".join(MODULE_LETTERS[k] for k in kinds)):
         raise SnapshotError(
             f"{root}/modules.json runs {kinds}; embzoo runs Transformer → Pooling → Dense… → Normalize "
-            "(each optional after the Transformer, in that order)"
+            "(each optional after the Transformer, in that order; ColBERT: Dense layers without Pooling), or "
+            "Transformer → SpladePooling"
         )
     model_dir, dense = root, []
     for kind, module in zip(kinds, modules, strict=True):
         sub = root / module.get("path", "")
-        if kind == ST_TRANSFORMER:
+        if MODULE_LETTERS[kind] == "T":
             model_dir = sub
             for name in ("sentence_bert_config.json", "sentence_transformers_config.json"):
                 if (sub / name).is_file():
@@ -197,6 +225,8 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
             spec["include_prompt"] = bool(cfg.get("include_prompt", True))
         elif kind == ST_DENSE:
             dense.append(_dense_spec(sub))
+        elif kind == ST_SPLADE:
+            spec["splade"] = read_json(sub / "config.json") if (sub / "config.json").is_file() else {}
     spec["normalize"] = kinds[-1] == ST_NORMALIZE
     return model_dir, PipelineSpec(**spec, dense=tuple(dense), tokenizer_max_length=_tokenizer_max_length(model_dir))
 

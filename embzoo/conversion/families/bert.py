@@ -85,3 +85,26 @@ HEADS = {
     ],
 }
 HEADS["xlm-roberta"] = HEADS["roberta"]
+
+# masked-LM heads (SPLADE, see embzoo.conversion.output_heads): BERT's cls.predictions, RoBERTa's lm_head, as a
+# ClassificationHead (dense → act → LayerNorm → out). With tie_word_embeddings (the default) transformers ties the
+# decoder to the word embeddings and its bias to the head's `bias`, whatever else the file holds
+MLM = r"^(?:cls\.predictions|lm_head)\."
+MLM_WEIGHTS = [
+    Rule(r"^(?:cls\.predictions\.transform\.dense|lm_head\.dense)" + WB, "dense.{p}"),
+    Rule(r"^(?:cls\.predictions\.transform\.LayerNorm|lm_head\.layer_norm)" + WB, "norm.{p}"),
+]
+MLM_TIED = [Rule(P + r"embeddings\.word_embeddings\.weight$", "out.weight"), Rule(MLM + r"bias$", "out.bias")]
+MLM_UNTIED = [Rule(MLM + r"decoder" + WB, "out.{p}")]
+
+
+def mlm_head(hf: dict[str, Any]) -> dict[str, Any]:
+    """ClassificationHead options of the masked-LM head: BERT's transform act is hidden_act, RoBERTa's GELU."""
+    activation = "gelu" if hf["model_type"] != "bert" else choice(hf, "hidden_act", "gelu", HF_ACTIVATIONS, "bert")
+    return {
+        "hidden_size": hf["hidden_size"],
+        "num_labels": hf["vocab_size"],
+        "activation": activation,
+        "norm": True,
+        "norm_eps": hf.get("layer_norm_eps", 1e-12),
+    }

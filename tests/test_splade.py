@@ -1,0 +1,108 @@
+"""SPLADE (sparse output from a masked-LM head) against a reference from its definition: transformers'
+BertForMaskedLM logits → log(1 + relu) → max (or sum) over the text's tokens, in float64."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+import embzoo
+
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+TEXTS = ["hello world", "", "a longer sentence with several more words in it, and a comma", "ok ok ok"]
+
+
+def splade_folder(make_checkpoint, name="splade", tied=True, pooling=None, st_files=True):
+    folder, model = make_checkpoint(BertForMaskedLM, BertConfig(**TINY, tie_word_embeddings=tied), name=name, noise=0.3)
+    if st_files:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
+            {
+                "idx": 1,
+                "name": "1",
+                "path": "1_SpladePooling",
+                "type": "sentence_transformers.sparse_encoder.models.SpladePooling",
+            },
+        ]
+        (folder / "modules.json").write_text(json.dumps(modules))
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+        (folder / "1_SpladePooling").mkdir()
+        config = {"pooling_strategy": "max", "activation_function": "relu", "word_embedding_dimension": 30522}
+        (folder / "1_SpladePooling" / "config.json").write_text(json.dumps(config | (pooling or {})))
+    return folder, model
+
+
+def reference(folder, model, texts, pooling="max", activation="relu"):
+    """SPLADE from its definition on transformers' masked-LM logits: float64 [N, V]."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            logits = model(**tok(text, return_tensors="pt")).logits[0].double()
+            w = torch.log1p(torch.relu(logits))
+            if activation == "log1p_relu":
+                w = torch.log1p(w)
+            out.append(w.max(0).values if pooling == "max" else w.sum(0))
+    return torch.stack(out)
+
+
+def dense_rows(dicts, vocab=30522):
+    out = np.zeros((len(dicts), vocab))
+    for i, d in enumerate(dicts):
+        for k, v in d.items():
+            out[i, k] = v
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_splade_matches_the_masked_lm_reference(make_checkpoint, tied):
+    folder, model = splade_folder(make_checkpoint, tied=tied)
+    m = embzoo.load(folder)
+    assert m.model.outputs == ("sparse", "tokens") and m.dimension == 30522
+    ours = m.encode(TEXTS)  # the main output: {token id: weight} dicts
+    assert isinstance(ours, list) and all(isinstance(k, int) for k in ours[0])
+    ref = reference(folder, model, TEXTS)
+    diff = np.abs(dense_rows(ours) - ref.numpy()).max()
+    assert diff < 1e-4, diff
+    assert all(len(d) == int((r > 0).sum()) for d, r in zip(ours, ref, strict=True))  # no zero weights kept
+
+
+def test_splade_sum_pooling_and_log1p_relu(make_checkpoint):
+    folder, model = splade_folder(
+        make_checkpoint, pooling={"pooling_strategy": "sum", "activation_function": "log1p_relu"}
+    )
+    ours = embzoo.load(folder).encode(TEXTS)
+    ref = reference(folder, model, TEXTS, pooling="sum", activation="log1p_relu")
+    assert np.abs(dense_rows(ours) - ref.numpy()).max() < 1e-4
+
+
+def test_sparse_formats_and_max_active_dims(make_checkpoint):
+    folder, _ = splade_folder(make_checkpoint)
+    m = embzoo.load(folder)
+    dicts = m.encode(TEXTS)
+    coo = m.encode(TEXTS, convert_to_tensor=True)
+    assert coo.is_sparse and coo.shape == (len(TEXTS), 30522)
+    assert np.allclose(coo.to_dense().numpy(), dense_rows(dicts))
+    csr = m.encode(TEXTS, sparse_format="scipy")
+    assert csr.shape == (len(TEXTS), 30522) and np.allclose(csr.toarray(), dense_rows(dicts))
+    one = m.encode("hello world")  # alone: the same weights (to rounding: other batch neighbours)
+    assert set(one) == set(dicts[0]) and np.allclose(list(one.values()), [dicts[0][k] for k in one], atol=1e-6)
+    top = m.encode(TEXTS, max_active_dims=5)
+    for full, cut in zip(dicts, top, strict=True):
+        heaviest = sorted(full.values(), reverse=True)[:5]
+        assert sorted(cut.values(), reverse=True) == heaviest and set(cut) <= set(full)
+    with pytest.raises(ValueError, match="max_active_dims"):
+        m.encode(TEXTS, max_active_dims=0)
+    with pytest.raises(ValueError, match="sparse_format"):
+        m.encode(TEXTS, sparse_format="csv")
+
+
+def test_splade_from_a_catalog_recipe_without_sentence_transformers_files(make_checkpoint):
+    folder, model = splade_folder(make_checkpoint, st_files=False)
+    plain = embzoo.load(folder)  # a bare masked-LM checkpoint is a mean-pooling embedder
+    assert plain.model.outputs[0] == "sentence"
+    m = embzoo.load(folder, recipe="naver/splade-v3")
+    ours = m.encode(TEXTS[:2])
+    assert np.abs(dense_rows(ours) - reference(folder, model, TEXTS[:2]).numpy()).max() < 1e-4
