@@ -47,16 +47,21 @@ def _no_env_override(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
 
 
-def naive_attention(q, k, v, lengths, *, causal=False, window=None, alibi=None, scale=None, softcap=None):
-    """Float64 reference: one softmax per sequence and head, written straight from the definitions."""
+def naive_attention(
+    q, k, v, lengths, *, causal=False, window=None, alibi=None, scale=None, softcap=None, key_lengths=None
+):
+    """Float64 reference: one softmax per sequence and head, written straight from the definitions.
+    key_lengths: only the first key_lengths[b] tokens of sequence b are keys; a row with no key is 0."""
     heads, group = q.shape[1], q.shape[1] // k.shape[1]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     out = torch.zeros(q.shape, dtype=torch.float64)
     start = 0
-    for n in lengths:
+    for b, n in enumerate(lengths):
         i = torch.arange(n)[:, None]
         j = torch.arange(n)[None, :]
         allowed = torch.ones(n, n, dtype=torch.bool)
+        if key_lengths is not None:
+            allowed &= j < key_lengths[b]
         if causal:
             allowed &= j <= i
         if window is not None:
@@ -73,7 +78,7 @@ def naive_attention(q, k, v, lengths, *, causal=False, window=None, alibi=None, 
                 s = softcap * torch.tanh(s / softcap)
             if alibi is not None:
                 s = s - alibi[h].double() * (i - j).abs()
-            p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
+            p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
             out[start : start + n, h] = p @ vs
         start += n
     return out
@@ -98,14 +103,23 @@ def make_inputs(lengths, heads, kv_heads, dim, dtype=torch.float32, device="cpu"
     )
 
 
-def run_case(backend, shape, feats, dtype=torch.float32, device="cpu"):
-    """(backend output, float64 oracle on CPU) for one shape and feature set."""
+def run_case(backend, shape, feats, dtype=torch.float32, device="cpu", key_lengths=None):
+    """(backend output, float64 oracle on CPU) for one shape and feature set (and key prefix lengths)."""
     lengths, heads, kv_heads, dim = shape
     q, k, v, cu, slopes = make_inputs(lengths, heads, kv_heads, dim, dtype, device)
     kwargs = {key: val for key, val in feats.items() if key != "alibi"}
     alibi = slopes if feats.get("alibi") else None
-    out = attention(q, k, v, cu, max(lengths), alibi_slopes=alibi, backend=backend, **kwargs)
-    ref = naive_attention(q.cpu(), k.cpu(), v.cpu(), lengths, alibi=None if alibi is None else slopes.cpu(), **kwargs)
+    keys = None if key_lengths is None else torch.tensor(key_lengths, dtype=torch.int32, device=device)
+    out = attention(q, k, v, cu, max(lengths), alibi_slopes=alibi, key_lengths=keys, backend=backend, **kwargs)
+    ref = naive_attention(
+        q.cpu(),
+        k.cpu(),
+        v.cpu(),
+        lengths,
+        alibi=None if alibi is None else slopes.cpu(),
+        key_lengths=key_lengths,
+        **kwargs,
+    )
     return out, ref
 
 
@@ -154,6 +168,7 @@ def test_requested_features():
     assert requested_features(window=(-1, -1), softcap=0.0) == frozenset()
     got = requested_features(causal=True, window=(4, 0), alibi_slopes=torch.ones(2), softcap=30.0)
     assert got == {"causal", "window", "alibi", "softcap"}
+    assert requested_features(key_lengths=torch.ones(2, dtype=torch.int32)) == {"key_prefix"}
 
 
 def test_auto_picks_sdpa_on_cpu():
@@ -300,3 +315,210 @@ def test_flex_block_mask_under_inference_mode(monkeypatch):
         for _ in range(2):
             torch.testing.assert_close(attention(q, k, v, cu_inference, 5, backend="flex"), want)
     assert len(built) == 2
+
+
+# ---- key prefix: only the first key_lengths[b] tokens of each sequence are keys ---------------
+
+# (shape, key_lengths): GQA ragged; MQA with most queries past the prefix; prefix = whole sequence; an
+# empty sequence (key length 0)
+KEY_SHAPES = [
+    (((5, 1, 17, 3), 4, 2, 8), (2, 1, 6, 3)),
+    (((23,), 4, 1, 16), (4,)),
+    (((1, 1, 9, 1), 4, 4, 8), (1, 1, 9, 1)),
+    (((3, 0, 6), 4, 2, 16), (1, 0, 6)),
+]
+KEY_FEATURES = {
+    name: FEATURES[name]
+    for name in ("plain", "causal", "window", "window_left", "alibi", "softcap", "softcap_alibi_window_scale")
+} | {
+    "window_past_prefix": {"window": (2, 1)},  # queries 4+ past a 1-token prefix see no key: their rows are 0
+    "everything": FEATURES["everything"],
+}
+
+
+def _key_case_id(case):
+    backend, ((lengths, heads, kv_heads, dim), keys), feats = case
+    name = next(key for key, val in KEY_FEATURES.items() if val is feats)
+    return f"{backend}-{name}-L{'-'.join(map(str, lengths))}_K{'-'.join(map(str, keys))}_H{heads}kv{kv_heads}"
+
+
+# sdpa: every feature set on every shape. flex (a dynamo retrace, ~1 s, per case on the CPU): the prefix alone,
+# with a window past it (keyless rows), with every other feature; and with an empty sequence
+KEY_CASES = [("sdpa", case, feats) for case in KEY_SHAPES for feats in KEY_FEATURES.values()]
+KEY_CASES += [("flex", KEY_SHAPES[0], KEY_FEATURES[name]) for name in ("plain", "window_past_prefix", "everything")]
+KEY_CASES += [("flex", KEY_SHAPES[3], KEY_FEATURES["everything"])]
+
+
+@pytest.mark.parametrize("case", KEY_CASES, ids=[_key_case_id(case) for case in KEY_CASES])
+def test_key_prefix_matches_naive_fp32(case):
+    backend, (shape, keys), feats = case
+    out, ref = run_case(backend, shape, feats, key_lengths=keys)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max().item() <= 1e-5
+
+
+def test_key_prefix_changes_every_row_it_should():
+    """Sanity of the oracle itself: the prefix changes the rows of a sequence with fewer keys than tokens,
+    and leaves the sequence whose prefix is all of it alone."""
+    shape, keys = KEY_SHAPES[0]
+    out, _ = run_case("sdpa", shape, {}, key_lengths=keys)
+    full, _ = run_case("sdpa", shape, {})
+    differs = (out - full).abs().amax(dim=(1, 2)) > 1e-3
+    assert differs[:5].all() and differs[6:23].all() and not differs[5] and not differs[23:].any()
+
+
+def test_key_prefix_keyless_rows_are_zero_with_finite_grads():
+    lengths, keys = (1, 7, 2), torch.tensor([1, 2, 1], dtype=torch.int32)
+    q, k, v, cu, slopes = make_inputs(lengths, 4, 2, 8)
+    for x in (q, k, v):
+        x.requires_grad_(True)
+    for extra in ({}, {"softcap": 1.0, "alibi_slopes": slopes}):
+        out = attention(q, k, v, cu, 7, window=(1, 0), key_lengths=keys, **extra)
+        assert out[4:8].abs().max() == 0 and out[1:4].abs().min() > 0  # tokens 3..6 of sequence 1 see no key
+        out.sum().backward()
+        assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, softcap=0.0):
+    """Stand-in for a varlen kernel without masks or bias, written from its contract: sequence b's queries
+    q[cu_q[b]:cu_q[b+1]] attend to all of k/v[cu_k[b]:cu_k[b+1]] (GQA by head groups). Checks the maxima."""
+    lq, lk = cu_q.diff().tolist(), cu_k.diff().tolist()
+    assert (max_q, max_k) == (max(lq), max(lk))
+    assert cu_k.dtype == torch.int32 and k.shape[0] == cu_k[-1]
+    out, group = torch.empty_like(q), q.shape[1] // k.shape[1]
+    for b in range(len(lq)):
+        qs = q[cu_q[b] : cu_q[b + 1]].double()
+        ks, vs = (x[cu_k[b] : cu_k[b + 1]].double().repeat_interleave(group, 1) for x in (k, v))
+        s = torch.einsum("qhd,khd->hqk", qs, ks) * scale
+        if softcap:
+            s = softcap * torch.tanh(s / softcap)
+        out[cu_q[b] : cu_q[b + 1]] = torch.einsum("hqk,khd->qhd", s.softmax(-1), vs).to(q.dtype)
+    return out
+
+
+def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable_gqa=False):
+    assert window_size == (-1, -1) and enable_gqa == (k.shape[1] != q.shape[1])
+    return dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+
+
+def fake_flash(q, k, v, cu_q, cu_k, max_q, max_k, *, softmax_scale, causal, window_size, softcap, alibi_slopes):
+    assert not causal and window_size == (-1, -1) and alibi_slopes is None
+    return dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, softcap)
+
+
+@pytest.mark.parametrize("backend, gqa", [("varlen", True), ("varlen", False), ("flash", True)])
+@pytest.mark.parametrize("case", KEY_SHAPES, ids=[f"K{'-'.join(map(str, c[1]))}" for c in KEY_SHAPES])
+def test_key_prefix_compact_stream_for_varlen_kernels(monkeypatch, backend, gqa, case):
+    """The varlen/flash glue on the CPU: a kernel written from the varlen contract gets the compact K/V
+    stream of the key prefixes with its own cu_seqlens_k and max_seqlen_k, and the result is exact."""
+    import dataclasses
+
+    cpu_ok = dataclasses.replace(attn_mod._SPECS[backend], cuda_only=False, half_only=False)
+    monkeypatch.setitem(attn_mod._SPECS, backend, cpu_ok)
+    monkeypatch.setattr(attn_mod, "_varlen_api", lambda: (fake_varlen, gqa))
+    monkeypatch.setattr(attn_mod, "_flash_varlen_func", lambda: fake_flash)
+    shape, keys = case
+    feats = {"softcap": 0.8, "scale": 0.4} if backend == "flash" else {"scale": 0.4}
+    out, ref = run_case(backend, shape, feats, key_lengths=keys)
+    assert (out.double() - ref).abs().max().item() <= 1e-5
+
+
+def test_key_stream_is_built_once_per_forward():
+    _, _, _, cu, _ = make_inputs((5, 3, 4), 2, 2, 8)
+    keys = torch.tensor([2, 3, 1], dtype=torch.int32)
+    first = attn_mod._key_stream(cu, keys)
+    index, cu_k, max_k = first
+    assert index.tolist() == [0, 1, 5, 6, 7, 8] and cu_k.tolist() == [0, 2, 5, 6] and max_k == 3
+    assert attn_mod._key_stream(cu, keys) is first  # the next layer reuses it
+    assert attn_mod._key_stream(cu, keys.clone()) is not first  # a new batch rebuilds it
+    index, cu_k, max_k = attn_mod._key_stream(torch.zeros(1, dtype=torch.int32), torch.zeros(0, dtype=torch.int32))
+    assert (index.numel(), cu_k.tolist(), max_k) == (0, [0], 0)  # an empty batch
+
+
+def test_flex_block_mask_keys_on_key_lengths(monkeypatch):
+    built = []
+    real = attn_mod.create_block_mask
+    monkeypatch.setattr(attn_mod, "create_block_mask", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
+    keys = torch.tensor([2, 3], dtype=torch.int32)
+    attention(q, k, v, cu, 5, backend="flex")
+    prefix = attention(q, k, v, cu, 5, key_lengths=keys, backend="flex")
+    assert len(built) == 2
+    torch.testing.assert_close(attention(q, k, v, cu, 5, key_lengths=keys, backend="flex"), prefix)
+    assert len(built) == 2
+    keys[0] = 5  # modified in place: a new mask, and the whole first sequence as keys again
+    torch.testing.assert_close(
+        attention(q, k, v, cu, 5, key_lengths=keys, backend="flex")[:5], attention(q, k, v, cu, 5)[:5]
+    )
+    assert len(built) == 3
+
+
+def test_auto_preference_with_key_prefix(monkeypatch):
+    monkeypatch.setattr(attn_mod, "_flash_varlen_func", lambda: object())
+    monkeypatch.setattr(attn_mod, "_varlen_api", lambda: (object(), True))
+    assert resolve_backend("cuda", torch.bfloat16, {"key_prefix", "softcap"}) == "flash"
+    assert resolve_backend("cuda", torch.bfloat16, {"key_prefix", "window"}) == "flex"
+    monkeypatch.setattr(attn_mod, "_flash_varlen_func", lambda: None)
+    assert resolve_backend("cuda", torch.bfloat16, {"key_prefix"}) == "varlen"
+    assert resolve_backend("cuda", torch.bfloat16, {"key_prefix", "causal"}) == "flex"
+    assert resolve_backend("cpu", torch.float32, {"key_prefix"}) == "sdpa"
+    assert available_backends("cpu", torch.float32, {"key_prefix", "alibi"}) == ["flex", "sdpa"]
+
+
+@pytest.mark.parametrize(
+    "backend, feature",
+    [("flash", "causal"), ("flash", "window"), ("flash", "alibi"), ("varlen", "causal"), ("varlen", "window")],
+)
+def test_key_prefix_refuses_bottom_right_combinations(monkeypatch, backend, feature):
+    monkeypatch.setattr(attn_mod, "_flash_varlen_func", lambda: object())
+    monkeypatch.setattr(attn_mod, "_varlen_api", lambda: (object(), True))
+    assert resolve_backend("cuda", torch.bfloat16, {"key_prefix"}, backend=backend) == backend
+    assert resolve_backend("cuda", torch.bfloat16, {feature}, backend=backend) == backend
+    with pytest.raises(ValueError, match=f"cannot combine key_prefix with {feature} .*bottom-right") as err:
+        resolve_backend("cuda", torch.bfloat16, {"key_prefix", feature}, backend=backend)
+    assert str(err.value).endswith("Backends that can: flex, sdpa")
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        torch.tensor([1, 2]),  # int64
+        torch.tensor([1], dtype=torch.int32),  # one per sequence
+        torch.tensor([[1, 2]], dtype=torch.int32),
+    ],
+)
+def test_bad_key_lengths_raise(keys):
+    q, k, v, cu, _ = make_inputs((3, 2), 2, 2, 8)
+    with pytest.raises(ValueError, match=r"key_lengths must be int32 \[B=2\]"):
+        attention(q, k, v, cu, 3, key_lengths=keys)
+
+
+KEY_GPU_SHAPES = [
+    (((5, 1, 130, 37), 4, 2, 64), (3, 1, 32, 37)),
+    (((300,), 8, 1, 128), (32,)),
+    (((1, 64, 257), 4, 4, 64), (1, 32, 40)),
+]
+KEY_GPU_FEATURES = {name: FEATURES[name] for name in ("plain", "window", "alibi", "softcap", "scale", "everything")}
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", ["flash", "varlen", "flex"])
+@pytest.mark.parametrize("case", KEY_GPU_SHAPES, ids=lambda c: f"B{len(c[1])}_H{c[0][1]}kv{c[0][2]}d{c[0][3]}")
+@pytest.mark.parametrize("feats", KEY_GPU_FEATURES.values(), ids=KEY_GPU_FEATURES.keys())
+def test_cuda_key_prefix_matches_sdpa_bf16(backend, case, feats):
+    shape, keys = case
+    features = requested_features(
+        causal=feats.get("causal", False),
+        window=feats.get("window"),
+        alibi_slopes=torch.ones(1) if feats.get("alibi") else None,
+        softcap=feats.get("softcap"),
+        key_lengths=torch.ones(1),
+    )
+    if backend not in available_backends("cuda", torch.bfloat16, features):
+        pytest.skip(f"{backend} cannot run {sorted(features)} here")
+    out, ref = run_case(backend, shape, feats, dtype=torch.bfloat16, device="cuda", key_lengths=keys)
+    base, _ = run_case("sdpa", shape, feats, dtype=torch.bfloat16, device="cuda", key_lengths=keys)
+    assert out.dtype == torch.bfloat16 and out.shape == base.shape
+    torch.testing.assert_close(out.float(), base.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.double().cpu(), ref, atol=2e-2, rtol=2e-2)

@@ -37,3 +37,17 @@ def test_packed_batch_layout():
     assert batch.token_type_ids.tolist() == [0, 0, 1, 0, 1, 1]
     with pytest.raises(ValueError, match="at least one token"):
         PackedBatch.from_sequences([[1], []])
+
+
+def test_packed_batch_key_lengths():
+    seqs = [[7, 8, 9], [4], [5, 6]]
+    assert PackedBatch.from_sequences(seqs).key_lengths is None
+    batch = PackedBatch.from_sequences(seqs, key_lengths=[2, 1, 2])
+    assert batch.key_lengths.tolist() == [2, 1, 2] and batch.key_lengths.dtype == torch.int32
+    moved = batch.to("meta")
+    assert moved.key_lengths.device.type == "meta" and moved.cu_seqlens.device.type == "meta"
+    for bad, message in [([0, 1, 2], r"key_lengths\[0\] = 0 is outside 1..3"), ([3, 2, 1], r"key_lengths\[1\] = 2")]:
+        with pytest.raises(ValueError, match=message):
+            PackedBatch.from_sequences(seqs, key_lengths=bad)
+    with pytest.raises(ValueError, match=r"one entry per sequence \(3\); got 2"):
+        PackedBatch.from_sequences(seqs, key_lengths=[1, 1])

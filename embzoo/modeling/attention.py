@@ -4,14 +4,20 @@
 and int32 cu_seqlens [B+1]; sequence b owns tokens cu_seqlens[b]:cu_seqlens[b+1]. Backends, in auto
 preference order on CUDA (fp32 skips flash/varlen; the CPU gets "sdpa"):
 
-    flash   flash_attn.flash_attn_varlen_func (CUDA, fp16/bf16): causal, window, alibi, softcap
-    varlen  torch.nn.attention.varlen.varlen_attn (CUDA, fp16/bf16, torch>=2.11): causal, window
+    flash   flash_attn.flash_attn_varlen_func (CUDA, fp16/bf16): causal, window, alibi, softcap, key_prefix
+            (key_prefix not with causal, window or alibi)
+    varlen  torch.nn.attention.varlen.varlen_attn (CUDA, fp16/bf16, torch>=2.11): causal, window, key_prefix
+            (key_prefix not with causal or window)
     flex    FlexAttention with a document block mask (CUDA compiled, CPU eager): every feature
     sdpa    padded F.scaled_dot_product_attention reference (any device): every feature
 
 Semantics follow flash-attn: window (left, right) lets query i see keys i-left..i+right (-1 =
 unbounded), ALiBi adds -slope_h * |i - j|, softcap c maps the scaled score s to c * tanh(s / c)
-before the bias and the mask. Forcing a backend (argument, else env EMBZOO_ATTENTION) that cannot
+before the bias and the mask. key_prefix (key_lengths [B]) keeps only the first key_lengths[b] tokens
+of sequence b as keys/values while all its tokens stay queries; a query left with no key (a left window
+past the prefix) outputs 0. flash/varlen run it on a compact K/V stream, where flash-attn aligns the
+unequal query and key lengths bottom-right, so there causal, window and ALiBi would be shifted and are
+refused instead. Forcing a backend (argument, else env EMBZOO_ATTENTION) that cannot
 honour the call raises ValueError; no feature is ever dropped silently.
 """
 
@@ -23,8 +29,9 @@ import math
 import os
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +50,7 @@ __all__ = [
 ]
 
 BACKENDS = ("flash", "varlen", "flex", "sdpa")
-FEATURES = ("causal", "window", "alibi", "softcap")
+FEATURES = ("causal", "window", "alibi", "softcap", "key_prefix")
 ENV_VAR = "EMBZOO_ATTENTION"
 _HALF = (torch.float16, torch.bfloat16)
 _FLEX_BLOCK = 128
@@ -53,16 +60,21 @@ Window = tuple[int, int]
 
 @dataclass(frozen=True)
 class _Spec:
-    """What a backend can do: supported features, CUDA-only, fp16/bf16-only."""
+    """What a backend can do: supported features, CUDA-only, fp16/bf16-only, features it cannot combine
+    with key_prefix."""
 
     features: frozenset[str]
     cuda_only: bool
     half_only: bool
+    not_with_key_prefix: frozenset[str] = frozenset()
 
 
+_BOTTOM_RIGHT = frozenset({"causal", "window", "alibi"})  # flash-attn aligns these bottom-right when Tq != Tk
 _SPECS = {
-    "flash": _Spec(frozenset(FEATURES), cuda_only=True, half_only=True),
-    "varlen": _Spec(frozenset({"causal", "window"}), cuda_only=True, half_only=True),
+    "flash": _Spec(frozenset(FEATURES), cuda_only=True, half_only=True, not_with_key_prefix=_BOTTOM_RIGHT),
+    "varlen": _Spec(
+        frozenset({"causal", "window", "key_prefix"}), cuda_only=True, half_only=True, not_with_key_prefix=_BOTTOM_RIGHT
+    ),
     "flex": _Spec(frozenset(FEATURES), cuda_only=False, half_only=False),
     "sdpa": _Spec(frozenset(FEATURES), cuda_only=False, half_only=False),
 }
@@ -103,6 +115,7 @@ def requested_features(
     window: Window | None = None,
     alibi_slopes: torch.Tensor | None = None,
     softcap: float | None = None,
+    key_lengths: torch.Tensor | None = None,
 ) -> frozenset[str]:
     """Names (from FEATURES) of the optional features one attention call asks for."""
     wanted = {
@@ -110,6 +123,7 @@ def requested_features(
         "window": window is not None and tuple(window) != (-1, -1),
         "alibi": alibi_slopes is not None,
         "softcap": bool(softcap),
+        "key_prefix": key_lengths is not None,
     }
     return frozenset(name for name, on in wanted.items() if on)
 
@@ -125,6 +139,12 @@ def _unmet(name: str, device: torch.device, dtype: torch.dtype, features: Iterab
     missing = sorted(set(features) - spec.features)
     if missing:
         reasons.append(f"does not support {', '.join(missing)}")
+    clash = sorted(spec.not_with_key_prefix & set(features)) if "key_prefix" in features else []
+    if clash:
+        reasons.append(
+            f"cannot combine key_prefix with {', '.join(clash)} (flash-attn aligns unequal query and key "
+            "lengths bottom-right, which would shift them)"
+        )
     if device.type == "cuda" and name == "flash" and _flash_varlen_func() is None:
         reasons.append("flash_attn is not installed")
     if device.type == "cuda" and name == "varlen" and _varlen_api() is None:
@@ -170,15 +190,19 @@ def attention(
     alibi_slopes: torch.Tensor | None = None,
     scale: float | None = None,
     softcap: float | None = None,
+    key_lengths: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Attention within each packed sequence. q [T, H, d], k/v [T, Hkv, d] -> [T, H, d] in q.dtype.
 
     cu_seqlens int32 [B+1] on q's device; alibi_slopes float32 [H]; scale None = 1/sqrt(d);
-    softcap None or 0 = off.
+    softcap None or 0 = off; key_lengths int32 [B] on q's device (None = all): only the first
+    key_lengths[b] tokens of sequence b are keys/values (1..its length, 0 for an empty one; unchecked).
     """
-    _check_inputs(q, k, v, window, alibi_slopes, softcap)
-    features = requested_features(causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
+    _check_inputs(q, k, v, cu_seqlens, window, alibi_slopes, softcap, key_lengths)
+    features = requested_features(
+        causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap, key_lengths=key_lengths
+    )
     name = resolve_backend(q.device, q.dtype, features, backend)
     options = _Options(
         causal=causal,
@@ -186,6 +210,7 @@ def attention(
         alibi_slopes=alibi_slopes,
         scale=q.shape[-1] ** -0.5 if scale is None else scale,
         softcap=softcap or None,
+        key_lengths=key_lengths,
     )
     return _IMPLS[name](q, k, v, cu_seqlens, max_seqlen, options)
 
@@ -194,9 +219,11 @@ def _check_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
     window: Window | None,
     alibi_slopes: torch.Tensor | None,
     softcap: float | None,
+    key_lengths: torch.Tensor | None,
 ) -> None:
     """Shape and argument checks shared by every backend; raises ValueError."""
     if q.dim() != 3 or k.shape != v.shape or k.dim() != 3 or k.shape[0] != q.shape[0]:
@@ -209,18 +236,24 @@ def _check_inputs(
         raise ValueError(f"alibi_slopes must be [H={q.shape[1]}]; got {tuple(alibi_slopes.shape)}")
     if softcap is not None and softcap < 0:
         raise ValueError(f"softcap must be >= 0 (0 or None = off); got {softcap}")
+    if key_lengths is not None and (key_lengths.shape != (cu_seqlens.numel() - 1,) or key_lengths.dtype != torch.int32):
+        raise ValueError(
+            f"key_lengths must be int32 [B={cu_seqlens.numel() - 1}] (one per sequence); "
+            f"got {key_lengths.dtype} {tuple(key_lengths.shape)}"
+        )
 
 
 @dataclass(frozen=True)
 class _Options:
     """One call's options as every backend receives them: scale resolved, causality folded into
-    window's right bound (0), softcap None when off."""
+    window's right bound (0), softcap None when off, key_lengths None when every token is a key."""
 
     causal: bool
     window: Window
     alibi_slopes: torch.Tensor | None
     scale: float
     softcap: float | None
+    key_lengths: torch.Tensor | None
 
 
 def _effective_window(causal: bool, window: Window | None) -> Window:
@@ -234,14 +267,51 @@ def _repeat_kv(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return x.repeat_interleave(heads // x.shape[dim], dim=dim)
 
 
+# ---- per-forward cache: what every layer of one forward shares -------------------------------
+
+_T = TypeVar("_T")
+_Stamp = tuple[weakref.ref, int | None] | None
+_PER_BATCH: dict[Hashable, tuple[Hashable, tuple[_Stamp, ...], object]] = {}
+
+
+def _stamp(t: torch.Tensor | None) -> _Stamp:
+    """t's identity and version; inference tensors (made under inference_mode) track no version."""
+    if t is None:
+        return None
+    return weakref.ref(t), None if t.is_inference() else t._version
+
+
+def _same(stamp: _Stamp, t: torch.Tensor | None) -> bool:
+    """Whether t is the very tensor (unmodified since) that `stamp` was taken of."""
+    if stamp is None or t is None:
+        return stamp is None and t is None
+    return stamp[0]() is t and stamp[1] == _stamp(t)[1]
+
+
+def _per_batch(
+    slot: Hashable, params: Hashable, tensors: tuple[torch.Tensor | None, ...], build: Callable[[], _T]
+) -> _T:
+    """build(), kept in `slot` while `params` and the `tensors` objects (unmodified) repeat. Every layer of a
+    forward passes the same cu_seqlens/key_lengths tensors, so it runs once per forward; a different (or
+    modified) tensor rebuilds it."""
+    hit = _PER_BATCH.get(slot)
+    if hit and hit[0] == params and all(_same(s, t) for s, t in zip(hit[1], tensors, strict=True)):
+        return hit[2]
+    value = build()
+    _PER_BATCH[slot] = (params, tuple(_stamp(t) for t in tensors), value)
+    return value
+
+
 # ---- sdpa: padded reference ------------------------------------------------------------------
 
 
-def _allowed(lengths: torch.Tensor, length: int, window: Window) -> torch.Tensor:
-    """Bool [B, S, S]: query i may see key j. Padding query rows see everything (no empty rows)."""
+def _allowed(lengths: torch.Tensor, length: int, window: Window, key_lengths: torch.Tensor | None) -> torch.Tensor:
+    """Bool [B, S, S]: query i may see key j (j < key_lengths, default lengths, and inside the window).
+    Padding query rows see everything (no empty rows)."""
     idx = torch.arange(length, device=lengths.device)
     i, j = idx[:, None], idx[None, :]
-    ok = (j < lengths[:, None, None]).expand(-1, length, -1)
+    keys = lengths if key_lengths is None else key_lengths
+    ok = (j < keys[:, None, None]).expand(-1, length, -1)
     left, right = window
     if left >= 0:
         ok = ok & (j >= i - left)
@@ -267,7 +337,11 @@ def _sdpa(
     """Pad to [B, H, S, d], attend with a dense mask (fp32 when ALiBi/softcap), unpad."""
     heads = q.shape[1]
     qp, kp, vp = (kernels.pad(x, cu_seqlens, max_seqlen).transpose(1, 2) for x in (q, k, v))
-    ok = _allowed(cu_seqlens[1:] - cu_seqlens[:-1], max_seqlen, o.window)[:, None]
+    ok = _allowed(cu_seqlens[1:] - cu_seqlens[:-1], max_seqlen, o.window, o.key_lengths)[:, None]
+    keyless = None
+    if o.key_lengths is not None and o.window[0] >= 0:  # a left window can end before the key prefix
+        keyless = ~ok.any(-1, keepdim=True)
+        ok = ok | keyless  # attend to something (finite values and grads), zeroed below
     bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, max_seqlen)
     if o.softcap is not None:
         out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), ok, bias, o.scale, o.softcap)
@@ -278,6 +352,8 @@ def _sdpa(
         )
     else:
         out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=ok, scale=o.scale, enable_gqa=k.shape[1] != heads)
+    if keyless is not None:
+        out = out.masked_fill(keyless, 0)
     return kernels.unpad(out.transpose(1, 2), cu_seqlens).to(q.dtype)
 
 
@@ -302,6 +378,30 @@ def _explicit(
 # ---- varlen / flash: packed kernels ----------------------------------------------------------
 
 
+def _key_stream(cu_seqlens: torch.Tensor, key_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(index [Tk] of the key tokens in the packed stream, cu_seqlens_k int32 [B+1], max_seqlen_k), built
+    once per forward (one host sync for Tk and max_seqlen_k)."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, int]:
+        cu_k = F.pad(key_lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        total, longest = torch.stack([cu_k[-1], F.pad(key_lengths, (0, 1)).max()]).tolist()  # 0 when B = 0
+        shift = torch.repeat_interleave(cu_seqlens[:-1] - cu_k[:-1], key_lengths, output_size=total)
+        return torch.arange(total, device=cu_k.device, dtype=torch.int32) + shift, cu_k, longest
+
+    return _per_batch("key_stream", None, (cu_seqlens, key_lengths), build)
+
+
+def _keys_values(
+    k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, key_lengths: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(k, v, cu_seqlens_k, max_seqlen_k) for a varlen kernel: the inputs as they are without key_lengths,
+    else only each sequence's key prefix, gathered into a compact stream."""
+    if key_lengths is None:
+        return k, v, cu_seqlens, max_seqlen
+    index, cu_k, max_k = _key_stream(cu_seqlens, key_lengths)
+    return k.index_select(0, index), v.index_select(0, index), cu_k, max_k
+
+
 def _varlen(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -312,15 +412,14 @@ def _varlen(
 ) -> torch.Tensor:
     """torch varlen_attn; causal is window_size (-1, 0), GQA via enable_gqa or repeated K/V heads."""
     varlen_attn, has_gqa = _varlen_api()
+    k, v, cu_k, max_k = _keys_values(k, v, cu_seqlens, max_seqlen, o.key_lengths)
     kwargs = {}
     if k.shape[1] != q.shape[1]:
         if has_gqa:
             kwargs["enable_gqa"] = True
         else:
             k, v = _repeat_kv(k, q.shape[1], 1), _repeat_kv(v, q.shape[1], 1)
-    return varlen_attn(
-        q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=o.scale, window_size=o.window, **kwargs
-    )
+    return varlen_attn(q, k, v, cu_seqlens, cu_k, max_seqlen, max_k, scale=o.scale, window_size=o.window, **kwargs)
 
 
 def _flash(
@@ -332,14 +431,15 @@ def _flash(
     o: _Options,
 ) -> torch.Tensor:
     """flash_attn_varlen_func with every feature passed through (GQA is native)."""
+    k, v, cu_k, max_k = _keys_values(k, v, cu_seqlens, max_seqlen, o.key_lengths)
     return _flash_varlen_func()(
         q,
         k,
         v,
         cu_seqlens,
-        cu_seqlens,
+        cu_k,
         max_seqlen,
-        max_seqlen,
+        max_k,
         softmax_scale=o.scale,
         causal=o.causal,
         window_size=o.window,
@@ -351,8 +451,8 @@ def _flash(
 # ---- flex: one packed stream with a document mask --------------------------------------------
 
 
-def _mask_mod(doc: torch.Tensor, window: Window) -> Callable:
-    """mask_mod: same document (doc int [P]) and inside the (left, right) window."""
+def _mask_mod(doc: torch.Tensor, window: Window, is_key: torch.Tensor | None) -> Callable:
+    """mask_mod: same document (doc int [P]), inside the (left, right) window, and a key (is_key bool [P])."""
     left, right = window
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -361,6 +461,8 @@ def _mask_mod(doc: torch.Tensor, window: Window) -> Callable:
             keep = keep & (kv_idx >= q_idx - left)
         if right >= 0:
             keep = keep & (kv_idx <= q_idx + right)
+        if is_key is not None:
+            keep = keep & is_key[kv_idx]
         return keep
 
     return mask_mod
@@ -382,23 +484,23 @@ def _score_mod(alibi_slopes: torch.Tensor | None, softcap: float | None) -> Call
     return score_mod
 
 
-_MASKS: dict[Window, tuple[weakref.ref, int, int, BlockMask]] = {}
+def _block_mask(
+    make_mask: Callable, cu_seqlens: torch.Tensor, padded: int, window: Window, key_lengths: torch.Tensor | None
+) -> BlockMask:
+    """The document (+ window, + key prefix) block mask for this packed batch, built once per forward and
+    window (see _per_batch)."""
 
+    def build() -> BlockMask:
+        tokens = torch.arange(padded, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
+        doc = torch.searchsorted(cu_seqlens[1:], tokens, right=True)  # padding tokens form document B
+        is_key = None
+        if key_lengths is not None:  # padding tokens stay keys (of the padding document only)
+            key_end = torch.cat([cu_seqlens[:-1] + key_lengths, cu_seqlens.new_full((1,), padded)])
+            is_key = tokens < key_end[doc]
+        mask_mod = _mask_mod(doc, window, is_key)
+        return make_mask(mask_mod, None, None, padded, padded, device=cu_seqlens.device)
 
-def _block_mask(make_mask: Callable, cu_seqlens: torch.Tensor, padded: int, window: Window) -> BlockMask:
-    """The document (+ window) block mask for this packed batch. Every layer of a forward passes the same
-    cu_seqlens tensor, so the mask is built once per forward and window; a different (or modified)
-    cu_seqlens tensor rebuilds it. Inference tensors (made under inference_mode) track no version: for them
-    the tensor's identity alone is the key."""
-    hit = _MASKS.get(window)
-    version = None if cu_seqlens.is_inference() else cu_seqlens._version
-    if hit and hit[0]() is cu_seqlens and hit[1] == version and hit[2] == padded:
-        return hit[3]
-    tokens = torch.arange(padded, device=cu_seqlens.device, dtype=cu_seqlens.dtype)
-    doc = torch.searchsorted(cu_seqlens[1:], tokens, right=True)  # padding tokens form document B
-    mask = make_mask(_mask_mod(doc, window), None, None, padded, padded, device=cu_seqlens.device)
-    _MASKS[window] = (weakref.ref(cu_seqlens), version, padded, mask)
-    return mask
+    return _per_batch(("flex", window), padded, (cu_seqlens, key_lengths), build)
 
 
 def _flex(
@@ -414,7 +516,7 @@ def _flex(
     padded = math.ceil(total / _FLEX_BLOCK) * _FLEX_BLOCK
     qf, kf, vf = (F.pad(x, (0, 0, 0, 0, 0, padded - total)).transpose(0, 1)[None] for x in (q, k, v))
     flex, make_mask = _compiled_flex() if q.is_cuda else (flex_attention, create_block_mask)
-    block_mask = _block_mask(make_mask, cu_seqlens, padded, o.window)
+    block_mask = _block_mask(make_mask, cu_seqlens, padded, o.window, o.key_lengths)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         out = flex(

@@ -35,7 +35,8 @@ class Backbone(nn.Module):
         return self.cfg.max_positions - self.cfg.position_offset
 
     def contexts(self, batch: PackedBatch) -> dict[str, LayerContext]:
-        """One LayerContext per layer type, computed once per forward (rotary tables, window, slopes)."""
+        """One LayerContext per layer type, computed once per forward (rotary tables, window, slopes); every
+        one carries batch.key_lengths (which leading tokens are attention keys)."""
         cfg, out = self.cfg, {}
         for kind in set(cfg.layer_types) or {"full"}:
             local = kind == "local"
@@ -45,7 +46,9 @@ class Backbone(nn.Module):
                 rotary = rotary_tables(cfg, batch, theta)
             alibi = alibi_tensor(cfg.num_heads, batch.input_ids.device) if cfg.positions == "alibi" else None
             window = (cfg.local_window, cfg.local_window) if local else None
-            out[kind] = LayerContext(batch.cu_seqlens, batch.max_seqlen, rotary, window, alibi, self.attn_backend)
+            out[kind] = LayerContext(
+                batch.cu_seqlens, batch.max_seqlen, rotary, window, alibi, self.attn_backend, batch.key_lengths
+            )
         return out
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:

@@ -12,19 +12,27 @@ import torch
 
 @dataclass
 class PackedBatch:
-    """B sequences of T tokens in total. positions are 0-based within each sequence."""
+    """B sequences of T tokens in total. positions are 0-based within each sequence.
+
+    key_lengths (None = every token) says how many leading tokens of each sequence serve as attention
+    keys/values; every token is still a query (ColBERT query expansion: the [MASK] padding attends to the
+    text, nothing attends to the [MASK] padding)."""
 
     input_ids: torch.Tensor  # [T] int64
     positions: torch.Tensor  # [T] int64
     cu_seqlens: torch.Tensor  # [B+1] int32, cu_seqlens[0] = 0, cu_seqlens[-1] = T
     max_seqlen: int
     token_type_ids: torch.Tensor | None = None  # [T] int64
+    key_lengths: torch.Tensor | None = None  # [B] int32, 1 <= key_lengths[b] <= length of sequence b
 
     @classmethod
     def from_sequences(
-        cls, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]] | None = None
+        cls,
+        ids: Sequence[Sequence[int]],
+        type_ids: Sequence[Sequence[int]] | None = None,
+        key_lengths: Sequence[int] | None = None,
     ) -> PackedBatch:
-        """Pack token-id lists (each non-empty) into one CPU batch."""
+        """Pack token-id lists (each non-empty) into one CPU batch; key_lengths[b] in 1..len(ids[b])."""
         lengths = np.fromiter((len(s) for s in ids), dtype=np.int64, count=len(ids))
         if (lengths == 0).any():
             raise ValueError("every sequence needs at least one token; got an empty token list")
@@ -43,6 +51,7 @@ class PackedBatch:
             cu_seqlens=torch.from_numpy(cu.astype(np.int32)),
             max_seqlen=int(lengths.max(initial=0)),
             token_type_ids=types,
+            key_lengths=None if key_lengths is None else _key_lengths(key_lengths, lengths),
         )
 
     @property
@@ -64,4 +73,20 @@ class PackedBatch:
             move(self.cu_seqlens),
             self.max_seqlen,
             move(self.token_type_ids),
+            move(self.key_lengths),
         )
+
+
+def _key_lengths(key_lengths: Sequence[int], lengths: np.ndarray) -> torch.Tensor:
+    """int32 [B] key lengths, checked against the sequence lengths; raises ValueError."""
+    keys = np.asarray(key_lengths, dtype=np.int64)
+    if keys.shape != lengths.shape:
+        raise ValueError(f"key_lengths needs one entry per sequence ({len(lengths)}); got {keys.shape[0]}")
+    bad = np.flatnonzero((keys < 1) | (keys > lengths))
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(
+            f"key_lengths[{b}] = {int(keys[b])} is outside 1..{int(lengths[b])} (the length of sequence {b}): "
+            "at least one token and at most the whole sequence can serve as keys"
+        )
+    return torch.from_numpy(keys.astype(np.int32))

@@ -28,6 +28,7 @@ class LayerContext:
     window: tuple[int, int] | None = None
     alibi_slopes: torch.Tensor | None = None  # float32 [H]
     backend: str | None = None
+    key_lengths: torch.Tensor | None = None  # int32 [B]: leading tokens per sequence that serve as keys
 
 
 class SelfAttention(nn.Module):
@@ -70,6 +71,7 @@ class SelfAttention(nn.Module):
             alibi_slopes=ctx.alibi_slopes,
             scale=cfg.attn_scale or None,
             softcap=cfg.attn_softcap or None,
+            key_lengths=ctx.key_lengths,
             backend=ctx.backend,
         )
         return self.out(a.reshape(tokens, -1))
