@@ -1,15 +1,16 @@
-"""Packed-sequence kernels (unpad, pad, segment pooling, rotary), dispatched to Triton or a plain-torch reference."""
+"""Packed-sequence kernels (unpad, pad, segment pooling, rotary, MaxSim scores), dispatched to Triton or plain torch."""
 
 import torch
 
 from embzoo.kernels import dispatch
 from embzoo.kernels.dispatch import use
+from embzoo.kernels.maxsim import maxsim_ref, maxsim_triton
 from embzoo.kernels.pad import pad_ref, pad_triton
 from embzoo.kernels.pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
 from embzoo.kernels.rotary import rotary_ref, rotary_triton
 from embzoo.kernels.unpad import cu_seqlens_from_mask, unpad_ref, unpad_triton
 
-__all__ = ["POOLING_MODES", "cu_seqlens_from_mask", "pad", "rotary", "segment_pool", "unpad", "use"]
+__all__ = ["POOLING_MODES", "cu_seqlens_from_mask", "maxsim", "pad", "rotary", "segment_pool", "unpad", "use"]
 
 
 def unpad(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -46,3 +47,23 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     if dispatch.use_triton(x):
         return rotary_triton(x, cos, sin)
     return rotary_ref(x, cos, sin)
+
+
+def maxsim(
+    queries: torch.Tensor,
+    cu_q: torch.Tensor,
+    docs: torch.Tensor,
+    cu_d: torch.Tensor,
+    pairs: torch.Tensor | None = None,
+    *,
+    reduce: str = "sum",
+) -> torch.Tensor:
+    """MaxSim of packed queries [Tq, d] (cu_q int32 [Nq+1]) vs docs [Td, d] (cu_d int32 [Nd+1]) -> fp32 [Nq, Nd],
+    or [P] for pairs int64 [P, 2] of (query index, doc index); fp32/fp16/bf16 inputs of one dtype.
+
+    score(i, j) = sum ("sum": ColBERT/PyLate) or mean ("mean": BGE-M3) over query i's tokens of the largest
+    dot product with doc j's tokens, in fp32. An empty document scores 0 for every query; an empty query scores 0.
+    """
+    if dispatch.use_triton(queries) and dispatch.use_triton(docs):
+        return maxsim_triton(queries, cu_q, docs, cu_d, pairs, reduce=reduce)
+    return maxsim_ref(queries, cu_q, docs, cu_d, pairs, reduce=reduce)
