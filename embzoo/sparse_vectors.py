@@ -32,7 +32,8 @@ def sparse_output(rows: Rows, vocab_size: int, form: str, device: torch.device) 
     if form == "torch":
         row_of = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(sizes, dtype=torch.int64))
         indices = torch.stack([row_of.to(ids.device), ids])
-        return torch.sparse_coo_tensor(indices, weights, (len(rows), vocab_size), device=device).coalesce()
+        coo = torch.sparse_coo_tensor(indices, weights, (len(rows), vocab_size), device=device, check_invariants=False)
+        return coo.coalesce()
     ids, weights = ids.cpu().numpy(), weights.cpu().numpy()
     if form == "scipy":
         indptr = np.concatenate([[0], np.cumsum(sizes)])

@@ -1,0 +1,167 @@
+"""ColBERT (PyLate and Stanford layouts) against a reference written from PyLate's tokenize/encode on transformers'
+BertModel: the role marker inserted after [CLS], queries padded with [MASK] to query_length (unattended unless
+attend_to_expansion_tokens), every query vector kept, document vectors without the punctuation skiplist, a
+bias-free projection, L2-normalized; MaxSim summed over query tokens."""
+
+import json
+import string
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+import embzoo
+
+TINY = dict(vocab_size=30524, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+QUERIES = ["what is late interaction?", "", "a query long enough to be cut at the query length of twelve tokens"]
+DOCS = ["ColBERT scores each query token against every document token, then sums the maxima.", "ok", ""]
+DIM = 16
+SETTINGS = {
+    "query_prefix": "[Q] ",
+    "document_prefix": "[D] ",
+    "query_length": 12,
+    "document_length": 20,
+    "attend_to_expansion_tokens": False,
+    "skiplist_words": list(string.punctuation),
+    "do_query_expansion": True,
+}
+
+
+def add_markers(folder):
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.add_tokens(["[Q] ", "[D] "])  # as PyLate does before saving: ids 30522 and 30523
+    tok.save_pretrained(folder)
+
+
+def pylate_folder(make_checkpoint, name="colbert", **settings):
+    folder, model = make_checkpoint(BertModel, BertConfig(**TINY), name=name, noise=0.3)
+    add_markers(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 19, "do_lower_case": False}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(SETTINGS | settings))
+    (folder / "1_Dense").mkdir()
+    dense = {"in_features": 32, "out_features": DIM, "bias": False}
+    (folder / "1_Dense" / "config.json").write_text(
+        json.dumps(dense | {"activation_function": "torch.nn.modules.linear.Identity", "use_residual": False})
+    )
+    torch.manual_seed(2)
+    weight = torch.randn(DIM, 32) * 0.3
+    save_file({"linear.weight": weight}, folder / "1_Dense" / "model.safetensors")
+    return folder, model, weight
+
+
+def stanford_folder(make_checkpoint, metadata):
+    folder, model = make_checkpoint(BertModel, BertConfig(**TINY), name="stanford", noise=0.3)
+    torch.manual_seed(2)
+    weight = torch.randn(DIM, 32) * 0.3
+    state = {f"bert.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    (folder / "model.safetensors").unlink()
+    save_file(state | {"linear.weight": weight}, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"architectures": ["HF_ColBERT"]}))
+    (folder / "artifact.metadata").write_text(json.dumps(metadata))
+    return folder, model, weight
+
+
+def pylate_reference(folder, model, weight, texts, is_query, settings):
+    """PyLate's ColBERT.tokenize + encode, per text (no padding between texts)."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    length = settings["query_length"] if is_query else settings["document_length"]
+    marker = tok.convert_tokens_to_ids(settings["query_prefix" if is_query else "document_prefix"])
+    skip = {tok.convert_tokens_to_ids(w) for w in settings["skiplist_words"]}
+    expand = is_query and settings["do_query_expansion"]
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok(text, truncation=True, max_length=length - 1)["input_ids"]
+            ids = ids[:1] + [marker] + ids[1:]
+            mask = [1] * len(ids)
+            if expand:
+                pad = length - len(ids)
+                ids, mask = ids + [tok.mask_token_id] * pad, mask + [int(settings["attend_to_expansion_tokens"])] * pad
+            h = model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([mask])).last_hidden_state[0]
+            vectors = h @ weight.T
+            keep = torch.ones(len(ids), dtype=torch.bool) if is_query else torch.tensor([i not in skip for i in ids])
+            out.append(F.normalize(vectors[keep], p=2, dim=1))
+    return out
+
+
+def assert_vectors(ours, ref):
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref, strict=True):
+        assert a.shape == tuple(b.shape), (a.shape, b.shape)
+        assert np.abs(a - b.numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"attend_to_expansion_tokens": True},
+        {"do_query_expansion": False},
+        {"query_prefix": "[unused0]", "document_prefix": "[unused1]"},
+    ],
+)
+def test_pylate_colbert_matches_reference(make_checkpoint, settings):
+    folder, model, weight = pylate_folder(make_checkpoint, **settings)
+    m = embzoo.load(folder)
+    assert m.model.outputs == ("multivector", "tokens") and m.dimension == DIM and m.max_seq_length == 20
+    full = SETTINGS | settings
+    assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, full))
+    assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, full))
+    assert_vectors(m.encode(DOCS, prompt_name="document"), pylate_reference(folder, model, weight, DOCS, False, full))
+
+
+def test_stanford_colbert_matches_reference(make_checkpoint):
+    metadata = {
+        "query_maxlen": 12,
+        "doc_maxlen": 20,
+        "attend_to_mask_tokens": False,
+        "dim": DIM,
+        "similarity": "cosine",
+    }
+    folder, model, weight = stanford_folder(make_checkpoint, metadata)
+    m = embzoo.load(folder)
+    stanford = SETTINGS | {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
+    assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, stanford))
+    assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, stanford))
+
+
+def test_colbert_needs_a_role_and_truncates_with_one_warning(make_checkpoint, caplog):
+    folder, _, _ = pylate_folder(make_checkpoint)
+    m = embzoo.load(folder)
+    with pytest.raises(ValueError, match="encode_query / encode_document"):
+        m.encode(QUERIES)
+    with caplog.at_level("WARNING"):
+        m.encode_query(QUERIES)
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 of 3 inputs were longer than 11 tokens and were truncated to that limit"
+    ]
+    assert m.encode_query("hi", convert_to_tensor=True).shape == (12, DIM)  # expanded to the query length
+
+
+def test_colbert_rank_is_maxsim_summed(make_checkpoint):
+    folder, model, weight = pylate_folder(make_checkpoint)
+    m = embzoo.load(folder)
+    q = pylate_reference(folder, model, weight, QUERIES[:1], True, SETTINGS)[0]
+    docs = pylate_reference(folder, model, weight, DOCS, False, SETTINGS)
+    expected = np.array([(q @ d.T).max(-1).values.sum().item() if len(d) else 0.0 for d in docs])
+    ranking = m.rank(QUERIES[0], DOCS)
+    assert [r["index"] for r in ranking] == list(np.argsort(-expected, kind="stable"))
+    assert np.allclose([r["score"] for r in sorted(ranking, key=lambda r: r["index"])], expected, atol=1e-5)
+    assert np.allclose(m.score([(QUERIES[0], d) for d in DOCS]), expected, atol=1e-5)
+
+
+def test_max_seq_length_sets_the_document_length(make_checkpoint):
+    folder, model, weight = pylate_folder(make_checkpoint)
+    m = embzoo.load(folder, max_seq_length=8)
+    assert m.max_seq_length == 8
+    ref = pylate_reference(folder, model, weight, DOCS[:1], False, SETTINGS | {"document_length": 8})
+    assert_vectors(m.encode_document(DOCS[:1]), ref)
