@@ -7,7 +7,7 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -57,52 +57,63 @@ def _embedder(args: argparse.Namespace):
 def cmd_embed(args: argparse.Namespace) -> None:
     texts = _read_inputs(args)
     model = _embedder(args)
-    vectors = model.encode(
-        texts,
-        prompt_name=args.prompt_name,
-        prompt=args.prompt,
-        instruction=args.instruction,
-        dimensions=args.dimensions,
-        precision=args.precision,
-    )
+    kind = args.vectors or model.model.outputs[0]
+    try:
+        vectors = model.encode(
+            texts,
+            prompt_name=args.prompt_name,
+            prompt=args.prompt,
+            instruction=args.instruction,
+            dimensions=args.dimensions,
+            precision=args.precision,
+            output=kind,
+            max_active_dims=args.max_active_dims,
+        )
+    except ValueError as error:  # an option this model refuses (output kind, role, dimensions): the reason
+        raise SystemExit(f"embzoo embed: {error}") from None
     if args.output and args.output.endswith(".npy"):
+        if kind != "sentence":
+            raise SystemExit(f"embzoo embed: {kind} vectors are one list per text; write them as JSON lines")
         np.save(args.output, vectors)
         print(f"wrote {vectors.shape} {vectors.dtype} to {args.output}", file=sys.stderr)
         return
     if args.output:
         with open(args.output, "w", encoding="utf-8") as sink:
-            _write_jsonl(sink, texts, vectors)
+            _write_jsonl(sink, texts, vectors, kind)
     else:
-        _write_jsonl(sys.stdout, texts, vectors)
+        _write_jsonl(sys.stdout, texts, vectors, kind)
 
 
-def _write_jsonl(sink: TextIO, texts: list[str], vectors: np.ndarray) -> None:
+JSONL_KEYS = {"sentence": "embedding", "sparse": "sparse", "multivector": "multivector"}
+
+
+def _write_jsonl(sink: TextIO, texts: list[str], vectors: Any, kind: str) -> None:
+    """One {"text", "embedding" | "sparse" ({token id: weight}) | "multivector" ([[...], ...])} line per text."""
     for text, vector in zip(texts, vectors, strict=True):
-        sink.write(json.dumps({"text": text, "embedding": vector.tolist()}) + "\n")
+        value = vector if isinstance(vector, dict) else vector.tolist()
+        sink.write(json.dumps({"text": text, JSONL_KEYS[kind]: value}) + "\n")
 
 
 def cmd_rerank(args: argparse.Namespace) -> None:
     documents = _read_inputs(args)
     model = _load(args)
-    if not isinstance(model, Ranker):
-        raise SystemExit(f"embzoo rerank: {model.name} is an embedding model; give a reranker checkpoint (--model)")
+    common = dict(top_k=args.top_k, return_documents=True, batch_tokens=args.batch_tokens)
     try:
-        rows = model.rank(
-            args.query,
-            documents,
-            top_k=args.top_k,
-            instruction=args.instruction,
-            return_documents=True,
-            activation=args.activation,
-            batch_tokens=args.batch_tokens,
-        )
-    except ValueError as error:  # an option this reranker refuses (instruction, activation): the reason, no traceback
+        if isinstance(model, Ranker):
+            rows = model.rank(args.query, documents, instruction=args.instruction, activation=args.activation, **common)
+            scored_by = f"activation {args.activation or model.activation}"
+        else:  # an embedder ranks by its main output: cosine, sparse dot product or MaxSim (ColBERT)
+            if args.instruction is not None or args.activation is not None:
+                raise ValueError(f"{model.name} is an embedding model: it takes no --instruction or --activation")
+            rows = model.rank(args.query, documents, **common)
+            scored_by = f"{model.model.outputs[0]} scores"
+    except ValueError as error:  # an option this model refuses (instruction, activation): the reason, no traceback
         raise SystemExit(f"embzoo rerank: {error}") from None
     if args.format == "jsonl":
         for rank, row in enumerate(rows, start=1):
             print(json.dumps({"rank": rank, **row}, ensure_ascii=False))
         return
-    print(f"model: {model.name}  (activation {args.activation or model.activation}, {model.device})")
+    print(f"model: {model.name}  ({scored_by}, {model.device})")
     print(f"query: {args.query}")
     for rank, row in enumerate(rows, start=1):
         print(f"{rank:2d}. {row['score']:.4f}  [{row['index']}] {row['document']}")
@@ -157,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_model(p: argparse.ArgumentParser, *, reranker: bool = False) -> argparse.ArgumentParser:
         if reranker:
-            p.add_argument("--model", required=True, help="hub id or local folder of a reranker")
+            p.add_argument(
+                "--model",
+                required=True,
+                help="hub id or local folder of a reranker, or of an embedder (ColBERT, SPLADE…)",
+            )
         else:
             p.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
@@ -173,9 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--instruction", default=None, help="a task description for the model's instruction template")
     embed.add_argument("--dimensions", type=int, default=None, help="Matryoshka: keep the first N dims")
     embed.add_argument("--precision", default="float32", choices=["float32", "binary", "ubinary"])
+    embed.add_argument(
+        "--vectors",
+        default=None,
+        choices=["sentence", "sparse", "multivector"],
+        help="which output (default: the model's main one; ColBERT: multivector, SPLADE: sparse)",
+    )
+    embed.add_argument("--max-active-dims", type=int, default=None, help="sparse: keep each text's N heaviest weights")
     embed.set_defaults(func=cmd_embed)
 
-    rerank = sub.add_parser("rerank", help="documents sorted by relevance to a query; JSON lines or a table")
+    rerank = sub.add_parser(
+        "rerank",
+        help="documents sorted by relevance to a query (a reranker's, or an embedder's scores); JSON lines or a table",
+    )
     rerank = with_model(rerank, reranker=True)
     rerank.set_defaults(func=cmd_rerank)
     rerank.add_argument("texts", nargs="*", metavar="DOC")

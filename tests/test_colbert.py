@@ -165,3 +165,21 @@ def test_max_seq_length_sets_the_document_length(make_checkpoint):
     assert m.max_seq_length == 8
     ref = pylate_reference(folder, model, weight, DOCS[:1], False, SETTINGS | {"document_length": 8})
     assert_vectors(m.encode_document(DOCS[:1]), ref)
+
+
+def test_cli_embed_and_rerank_with_colbert(make_checkpoint, capsys):
+    from embzoo.cli import main
+
+    folder, _, _ = pylate_folder(make_checkpoint)
+    m = embzoo.load(folder, device="cpu")
+    main(["embed", "--model", str(folder), "--device", "cpu", "--prompt-name", "document", *DOCS[:2]])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert_vectors(
+        [np.asarray(r["multivector"]) for r in rows], [torch.from_numpy(v) for v in m.encode_document(DOCS[:2])]
+    )
+    with pytest.raises(SystemExit, match="embzoo embed: .*encode_query / encode_document"):
+        main(["embed", "--model", str(folder), "--device", "cpu", "hello"])
+    main(["rerank", "--model", str(folder), "--device", "cpu", "--query", QUERIES[0], *DOCS])
+    ranked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = m.rank(QUERIES[0], DOCS)
+    assert [r["index"] for r in ranked] == [w["index"] for w in want]

@@ -256,8 +256,12 @@ def test_cli_rerank(make_checkpoint, capsys, tmp_path):
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == f"query: {QUERY}" and lines[2].startswith(" 1. ") and len(lines) == 2 + 4
-    with pytest.raises(SystemExit, match="is an embedding model"):
-        main(["rerank", "--model", str(embzoo.catalog.bundled_model_path()), "--query", "q", "doc"])
+    minilm = str(embzoo.catalog.bundled_model_path())  # an embedder ranks by cosine
+    main(["rerank", "--model", minilm, "--device", "cpu", "--query", "a cat", "a dog", "a kitten", "--format", "table"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "(sentence scores, cpu)" in lines[0] and lines[2].endswith("a kitten")
+    with pytest.raises(SystemExit, match="is an embedding model: it takes no --instruction or --activation"):
+        main(["rerank", "--model", minilm, "--device", "cpu", "--query", "q", "doc", "--activation", "none"])
     with pytest.raises(SystemExit, match="give DOC arguments or --file"):
         main(["rerank", "--model", str(folder), "--query", "q"])
     main(["list"])

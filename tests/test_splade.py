@@ -106,3 +106,15 @@ def test_splade_from_a_catalog_recipe_without_sentence_transformers_files(make_c
     m = embzoo.load(folder, recipe="naver/splade-v3")
     ours = m.encode(TEXTS[:2])
     assert np.abs(dense_rows(ours) - reference(folder, model, TEXTS[:2]).numpy()).max() < 1e-4
+
+
+def test_cli_embed_writes_sparse_json_lines(make_checkpoint, capsys):
+    from embzoo.cli import main
+
+    folder, _ = splade_folder(make_checkpoint)
+    main(["embed", "--model", str(folder), "--device", "cpu", "--max-active-dims", "3", "hello world"])
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = embzoo.load(folder, device="cpu").encode("hello world", max_active_dims=3)
+    assert {int(k): v for k, v in row["sparse"].items()} == pytest.approx(want)
+    with pytest.raises(SystemExit, match="one list per text"):
+        main(["embed", "--model", str(folder), "--device", "cpu", "hello", "-o", "out.npy"])
