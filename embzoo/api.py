@@ -21,7 +21,7 @@ from embzoo.packing import token_budget_batches
 from embzoo.quantization import PRECISIONS, calibration_ranges, quantize
 from embzoo.reranker import as_pairs, ranked
 from embzoo.scoring import dense_scores, maxsim_scores, sparse_scores
-from embzoo.sparse_vectors import sparse_output
+from embzoo.sparse_vectors import as_coo, sparse_output
 from embzoo.tokenization import ModelInputs, TextTokenizer
 
 OUTPUTS = ("sentence", "tokens", "sparse", "multivector")
@@ -324,6 +324,19 @@ class Embedder:
                 got = maxsim_scores([q[name][i] for i in qi], [d[name][i] for i in di], reduce=reduce, pairwise=True)
             out[name] = got.float().cpu().numpy()
         return out
+
+    def decode(self, sparse: Any, top_k: int | None = None) -> list[tuple[str, float]] | list[list[tuple[str, float]]]:
+        """Sparse vectors (any form encode returns) as (token, weight) lists, heaviest first, top_k of each (None:
+        all), as sentence-transformers' SparseEncoder.decode; one list for one dict or a 1-D tensor."""
+        single = isinstance(sparse, dict) or (isinstance(sparse, torch.Tensor) and sparse.dim() == 1)
+        coo = as_coo(sparse.unsqueeze(0) if isinstance(sparse, torch.Tensor) and single else sparse)
+        rows, ids = coo.indices().cpu()
+        weights = coo.values().cpu()
+        out: list[list[tuple[str, float]]] = [[] for _ in range(coo.shape[0])]
+        for row, token, weight in zip(rows.tolist(), ids.tolist(), weights.tolist(), strict=True):
+            out[row].append((self.tokenizer.backend.id_to_token(token), weight))
+        out = [sorted(r, key=lambda tw: -tw[1])[:top_k] for r in out]
+        return out[0] if single else out
 
     def _output_names(self, output: str | Sequence[str] | None) -> tuple[str, ...]:
         names = (self.model.outputs[0],) if output is None else (output,) if isinstance(output, str) else tuple(output)

@@ -11,11 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertConfig, BertModel, ModernBertConfig, ModernBertModel
 
 import embzoo
 
 TINY = dict(vocab_size=30524, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+# GTE-ModernColBERT's backbone in small: local layers with a window wide enough for every query token to see a key
+MODERN = ModernBertConfig(
+    **TINY | dict(num_hidden_layers=3, intermediate_size=40),
+    local_attention=32,
+    global_attn_every_n_layers=2,
+    global_rope_theta=1000.0,
+    local_rope_theta=50.0,
+    pad_token_id=0,
+    cls_token_id=101,
+    sep_token_id=102,
+)
 QUERIES = ["what is late interaction?", "", "a query long enough to be cut at the query length of twelve tokens"]
 DOCS = ["ColBERT scores each query token against every document token, then sums the maxima.", "ok", ""]
 DIM = 16
@@ -36,8 +47,8 @@ def add_markers(folder):
     tok.save_pretrained(folder)
 
 
-def pylate_folder(make_checkpoint, name="colbert", **settings):
-    folder, model = make_checkpoint(BertModel, BertConfig(**TINY), name=name, noise=0.3)
+def pylate_folder(make_checkpoint, name="colbert", backbone=None, **settings):
+    folder, model = make_checkpoint(*(backbone or (BertModel, BertConfig(**TINY))), name=name, noise=0.3)
     add_markers(folder)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -117,6 +128,18 @@ def test_pylate_colbert_matches_reference(make_checkpoint, settings):
     assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, full))
     assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, full))
     assert_vectors(m.encode(DOCS, prompt_name="document"), pylate_reference(folder, model, weight, DOCS, False, full))
+
+
+def test_modernbert_colbert_matches_reference(make_checkpoint):
+    settings = {"document_length": 24, "do_query_expansion": False}  # GTE-ModernColBERT's own setting
+    for expansion in (settings, {}):
+        folder, model, weight = pylate_folder(
+            make_checkpoint, name=f"modern{len(expansion)}", backbone=(ModernBertModel, MODERN), **expansion
+        )
+        m = embzoo.load(folder)
+        full = SETTINGS | expansion
+        assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, full))
+        assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, full))
 
 
 def test_stanford_colbert_matches_reference(make_checkpoint):

@@ -118,3 +118,14 @@ def test_cli_embed_writes_sparse_json_lines(make_checkpoint, capsys):
     assert {int(k): v for k, v in row["sparse"].items()} == pytest.approx(want)
     with pytest.raises(SystemExit, match="one list per text"):
         main(["embed", "--model", str(folder), "--device", "cpu", "hello", "-o", "out.npy"])
+
+
+def test_decode_names_the_heaviest_tokens(make_checkpoint):
+    folder, _ = splade_folder(make_checkpoint)
+    m = embzoo.load(folder)
+    weights = m.encode(TEXTS[:2])
+    tok = AutoTokenizer.from_pretrained(folder)
+    heaviest = sorted(weights[0].items(), key=lambda kv: -kv[1])[:3]
+    assert m.decode(weights[0], top_k=3) == [(tok.convert_ids_to_tokens(k), v) for k, v in heaviest]
+    as_tensor = m.decode(m.encode(TEXTS[:2], convert_to_tensor=True), top_k=3)
+    assert [[t for t, _ in row] for row in as_tensor] == [[t for t, _ in row] for row in m.decode(weights, top_k=3)]
