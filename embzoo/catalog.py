@@ -225,8 +225,6 @@ def _entries() -> list[CatalogEntry]:
           summary="ColBERTv2 (Stanford layout: [unused0]/[unused1] markers, 32-token queries, punctuation skiplist)."),
         e("lightonai/GTE-ModernColBERT-v1", "modernbert", (), 128, 300, "apache-2.0", normalize=False,
           summary="PyLate ColBERT on gte-modernbert-base ([Q]/[D] markers, 300-token documents)."),
-        e("answerdotai/answerai-colbert-small-v1", "bert", (), 96, 512, "apache-2.0", normalize=False,
-          summary="Small ColBERT (MiniLM-sized BERT, 96-dim token vectors)."),
         e("naver/splade-v3", "bert", (), 30522, 512, "cc-by-nc-sa-4.0", normalize=False, splade=True,
           summary="SPLADE v3 (BERT masked-LM head, log(1 + relu), max over tokens): sparse vocabulary weights."),
         e("naver/splade-cocondenser-ensembledistil", "bert", (), 30522, 512, "cc-by-nc-sa-4.0", normalize=False,
