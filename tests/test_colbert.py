@@ -130,6 +130,16 @@ def test_pylate_colbert_matches_reference(make_checkpoint, settings):
     assert_vectors(m.encode(DOCS, prompt_name="document"), pylate_reference(folder, model, weight, DOCS, False, full))
 
 
+def test_pylate_colbert_matches_sentence_transformers_multi_vector_encoder(make_checkpoint):
+    from sentence_transformers import MultiVectorEncoder  # an independent loader of PyLate folders
+
+    folder, _, _ = pylate_folder(make_checkpoint)
+    m = embzoo.load(folder)
+    st = MultiVectorEncoder(str(folder), device="cpu")
+    assert_vectors(m.encode_query(QUERIES), [torch.as_tensor(v) for v in st.encode_query(QUERIES)])
+    assert_vectors(m.encode_document(DOCS), [torch.as_tensor(v) for v in st.encode_document(DOCS)])
+
+
 def test_modernbert_colbert_matches_reference(make_checkpoint):
     settings = {"document_length": 24, "do_query_expansion": False}  # GTE-ModernColBERT's own setting
     for expansion in (settings, {}):
@@ -155,6 +165,11 @@ def test_stanford_colbert_matches_reference(make_checkpoint):
     stanford = SETTINGS | {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
     assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, stanford))
     assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, stanford))
+    from sentence_transformers import MultiVectorEncoder  # reads Stanford checkpoints too
+
+    st = MultiVectorEncoder(str(folder), device="cpu")
+    assert_vectors(m.encode_query(QUERIES), [torch.as_tensor(v) for v in st.encode_query(QUERIES)])
+    assert_vectors(m.encode_document(DOCS), [torch.as_tensor(v) for v in st.encode_document(DOCS)])
 
 
 def test_colbert_needs_a_role_and_truncates_with_one_warning(make_checkpoint, caplog):
