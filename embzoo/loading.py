@@ -100,6 +100,8 @@ def load(
     A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
     with recipe=<its hub id>) loads as a Reranker, jina-reranker-v3 (listwise) as a ListwiseReranker (see
     embzoo.loading_rerankers); max_seq_length is then a pair's tokens, or what one block prompt fills.
+    ColBERT (PyLate or Stanford layout), SPLADE and BGE-M3 checkpoints load as Embedders with multi-vector and sparse
+    outputs (see embzoo.conversion.output_heads); a ColBERT model's max_seq_length is its document length.
     """
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
