@@ -311,17 +311,15 @@ class Embedder:
         q = self.encode_query(queries, **kwargs)
         d = self.encode_document(documents, **kwargs)
         where_q, where_d = ({t: i for i, t in enumerate(side)} for side in (queries, documents))
-        qi, di = [where_q[a] for a, _ in pairs], [where_d[b] for _, b in pairs]
-        rows_q, rows_d = torch.tensor(qi, device=self.device), torch.tensor(di, device=self.device)
+        index = torch.tensor([[where_q[a], where_d[b]] for a, b in pairs], device=self.device)
         out = {}
         for name in names:
             if name == "sentence":
-                got = dense_scores(q[name][rows_q], d[name][rows_d], pairwise=True)
+                got = dense_scores(q[name], d[name], pairs=index)
             elif name == "sparse":
-                got = sparse_scores(q[name].index_select(0, rows_q), d[name].index_select(0, rows_d), pairwise=True)
+                got = sparse_scores(q[name], d[name], pairs=index)
             else:
-                reduce = self.model.multivector.reduce
-                got = maxsim_scores([q[name][i] for i in qi], [d[name][i] for i in di], reduce=reduce, pairwise=True)
+                got = maxsim_scores(q[name], d[name], reduce=self.model.multivector.reduce, pairs=index)
             out[name] = got.float().cpu().numpy()
         return out
 
@@ -498,8 +496,9 @@ class Embedder:
         """Tokenize chunk by chunk; forward each chunk in length-sorted token-budget batches; the outputs in the
         caller's order (sentence: [N, D]; the others: one item per text).
 
-        GPU work is queued asynchronously, so the next chunk is tokenized while the device computes; sentence
-        vectors sync the host once, at the final reorder (the per-text outputs sync once per batch).
+        GPU work is queued asynchronously, so the next chunk is tokenized while the device computes; sentence,
+        token and multi-vector outputs sync the host once, at the final reorder (sparse outputs once per batch:
+        their sizes are data).
         """
         parts: list[dict[str, Any]] = []
         order: list[np.ndarray] = []
@@ -528,13 +527,15 @@ class Embedder:
         device = self.device
         batch = PackedBatch.from_sequences(inputs.ids, key_lengths=inputs.key_lengths).to(device)
         prompt_lengths = None if inputs.skips is None else torch.from_numpy(inputs.skips.astype(np.int32)).to(device)
-        keep = None if inputs.keep is None else torch.from_numpy(np.concatenate(inputs.keep)).to(device)
-        out = self.model.run(batch, run.outputs, prompt_lengths=prompt_lengths, keep=keep, top_k=run.top_k)
+        rows = counts = None
+        if "multivector" in run.outputs:
+            rows, counts = self.model.multivector.rows([len(s) for s in inputs.ids], inputs.keep)
+            rows = torch.from_numpy(rows).to(device)
+        out = self.model.run(batch, run.outputs, prompt_lengths=prompt_lengths, rows=rows, top_k=run.top_k)
         if "tokens" in out:
             out["tokens"] = list(out["tokens"].split([len(s) for s in inputs.ids]))
         if "multivector" in out:
-            vectors, counts = out["multivector"]
-            out["multivector"] = list(vectors.split(counts.tolist()))
+            out["multivector"] = list(out["multivector"].split(counts))
         if "sparse" in out:
             out["sparse"] = out["sparse"].rows()
         return out

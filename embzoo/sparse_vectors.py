@@ -57,14 +57,15 @@ def as_coo(vectors: Any, vocab_size: int | None = None) -> torch.Tensor:
     if hasattr(vectors, "tocoo"):  # scipy sparse
         coo = vectors.tocoo()
         indices = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
-        return torch.sparse_coo_tensor(indices, torch.from_numpy(coo.data.astype(np.float32)), coo.shape).coalesce()
+        values = torch.from_numpy(coo.data.astype(np.float32))
+        return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()
     rows = _dict_rows(vectors)
     row_of = [r for r, d in enumerate(rows) for _ in d]
     ids = [int(k) for d in rows for k in d]
     width = vocab_size if vocab_size is not None else max(ids, default=-1) + 1
     indices = torch.tensor([row_of, ids], dtype=torch.int64).reshape(2, -1)
     values = torch.tensor([float(v) for d in rows for v in d.values()], dtype=torch.float32)
-    return torch.sparse_coo_tensor(indices, values, (len(rows), width)).coalesce()
+    return torch.sparse_coo_tensor(indices, values, (len(rows), width), check_invariants=False).coalesce()
 
 
 def _dict_rows(vectors: Any) -> Sequence[dict]:

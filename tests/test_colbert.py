@@ -130,6 +130,16 @@ def test_pylate_colbert_matches_reference(make_checkpoint, settings):
     assert_vectors(m.encode(DOCS, prompt_name="document"), pylate_reference(folder, model, weight, DOCS, False, full))
 
 
+def test_pylate_folder_without_settings_takes_pylate_defaults(make_checkpoint):
+    folder, model, weight = pylate_folder(make_checkpoint)
+    (folder / "config_sentence_transformers.json").unlink()  # Transformer → Dense alone: still ColBERT
+    m = embzoo.load(folder)
+    defaults = SETTINGS | {"query_length": 32, "document_length": 180}
+    assert m.model.outputs[0] == "multivector" and m.max_seq_length == 180
+    assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, defaults))
+    assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, defaults))
+
+
 def test_pylate_colbert_matches_sentence_transformers_multi_vector_encoder(make_checkpoint):
     from sentence_transformers import MultiVectorEncoder  # an independent loader of PyLate folders
 

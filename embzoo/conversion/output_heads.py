@@ -62,8 +62,10 @@ def is_stanford_colbert(snapshot: Snapshot) -> bool:
 
 
 def is_colbert(snapshot: Snapshot) -> bool:
-    """A PyLate folder (ColBERT settings in config_sentence_transformers.json) or a Stanford checkpoint."""
-    return bool(snapshot.pipeline.colbert) or is_stanford_colbert(snapshot)
+    """A PyLate folder (Dense modules without Pooling, or ColBERT settings in config_sentence_transformers.json;
+    PyLate's defaults fill what it leaves out) or a Stanford checkpoint."""
+    pipe = snapshot.pipeline
+    return bool(pipe.colbert) or (pipe.pooling is None and bool(pipe.dense)) or is_stanford_colbert(snapshot)
 
 
 def is_bge_m3(snapshot: Snapshot) -> bool:

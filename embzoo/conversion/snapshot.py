@@ -24,7 +24,7 @@ ST_MODULES = (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE, ST_MLM_TRANSFO
 MODULE_LETTERS = {ST_TRANSFORMER: "T", ST_MLM_TRANSFORMER: "T", ST_POOLING: "P", ST_DENSE: "D", ST_NORMALIZE: "N"}
 MODULE_LETTERS[ST_SPLADE] = "S"
 MODULE_ORDER = re.compile(r"T(?:P?D*N?|S)")
-# PyLate's ColBERT settings in config_sentence_transformers.json (see embzoo.conversion.colbert)
+# PyLate's ColBERT settings in config_sentence_transformers.json (see embzoo.conversion.output_heads)
 COLBERT_KEYS = (
     "query_prefix",
     "document_prefix",
@@ -42,11 +42,10 @@ LEGACY_POOLING_KEYS = {  # sentence-transformers' concatenation order
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-DENSE_SUPPORTED = {  # Dense config keys and the values embzoo runs (the first is the default)
-    "use_residual": (False,),
-    "module_input_name": ("sentence_embedding", "token_embeddings"),  # where it applies follows modules.json
-    "module_output_name": ("sentence_embedding", "token_embeddings"),
-}
+# Dense config keys and the values embzoo runs (the first is the default): after a Pooling module a Dense layer
+# maps the sentence embedding; without one (ColBERT) it maps every token, whatever names its config gives
+DENSE_SUPPORTED = {"use_residual": (False,)}
+DENSE_POOLED = {"module_input_name": ("sentence_embedding",), "module_output_name": ("sentence_embedding",)}
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -169,9 +168,10 @@ def _module_kind(type_name: str) -> str:
     return short
 
 
-def _dense_spec(folder: Path) -> DenseSpec:
+def _dense_spec(folder: Path, pooled: bool) -> DenseSpec:
+    """A Dense module's folder; pooled: it follows a Pooling module (else it maps every token, as ColBERT's)."""
     cfg = read_json(folder / "config.json")
-    for key, values in DENSE_SUPPORTED.items():
+    for key, values in (DENSE_SUPPORTED | DENSE_POOLED if pooled else DENSE_SUPPORTED).items():
         if cfg.get(key, values[0]) not in values:
             raise SnapshotError(
                 f"{folder}: Dense {key}={cfg[key]!r} is not supported (only {' or '.join(map(repr, values))}); "
@@ -224,7 +224,7 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
             spec["pooling"] = _pooling_modes(cfg)
             spec["include_prompt"] = bool(cfg.get("include_prompt", True))
         elif kind == ST_DENSE:
-            dense.append(_dense_spec(sub))
+            dense.append(_dense_spec(sub, pooled="pooling" in spec))
         elif kind == ST_SPLADE:
             spec["splade"] = read_json(sub / "config.json") if (sub / "config.json").is_file() else {}
     spec["normalize"] = kinds[-1] == ST_NORMALIZE

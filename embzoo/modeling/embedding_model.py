@@ -80,12 +80,12 @@ class EmbeddingModel(nn.Module):
         outputs: Sequence[str],
         *,
         prompt_lengths: torch.Tensor | None = None,
-        keep: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
         top_k: int | None = None,
     ) -> dict[str, Any]:
         """The named outputs of one backbone forward: sentence float32 [B, dimension]; tokens float32 [T, hidden];
-        sparse SparseRows (top_k weights per sequence, None = all); multivector (float32 [T', dim] vectors, int64 [B]
-        tokens per sequence), keep bool [T] = the tokens it returns (None: all)."""
+        sparse SparseRows (top_k weights per sequence, None = all); multivector float32 [T', dim], the vectors of
+        the token rows int64 [T'] (None: all; see MultiVectorHead.rows)."""
         unknown = set(outputs) - set(self.outputs)
         if unknown:
             raise ValueError(f"this model has no {sorted(unknown)} output; it has {self.outputs}")
@@ -98,5 +98,5 @@ class EmbeddingModel(nn.Module):
         if "sparse" in outputs:
             out["sparse"] = self.sparse(h, batch, top_k)
         if "multivector" in outputs:
-            out["multivector"] = self.multivector(h, batch, keep)
+            out["multivector"] = self.multivector(h, rows)
         return out

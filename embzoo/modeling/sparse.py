@@ -21,13 +21,12 @@ from embzoo.modeling.heads import ClassificationHead
 
 @dataclass
 class SparseRows:
-    """B sparse vectors over `vocab_size` ids: row b is ids[offsets[b]:offsets[b+1]] (int64, ascending) with
-    their float32 weights (all > 0)."""
+    """B sparse vectors over a vocabulary: row b is ids[offsets[b]:offsets[b+1]] (int64, ascending) with their
+    float32 weights (all > 0)."""
 
     offsets: torch.Tensor  # int64 [B+1]
     ids: torch.Tensor  # int64 [nnz]
     weights: torch.Tensor  # float32 [nnz]
-    vocab_size: int
 
     def rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(ids, weights) of each row (one host sync for the row sizes)."""
@@ -36,7 +35,7 @@ class SparseRows:
 
 
 def sparse_rows(
-    rows: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, count: int, vocab_size: int, top_k: int | None
+    rows: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, count: int, top_k: int | None
 ) -> SparseRows:
     """SparseRows from (row, id, weight) entries sorted by row then id, keeping each row's top_k weights (None:
     all; ties keep the lower id)."""
@@ -48,7 +47,7 @@ def sparse_rows(
         kept = order[rank < top_k].sort().values  # back to row, id order
         rows, ids, weights = rows[kept], ids[kept], weights[kept]
     offsets = torch.searchsorted(rows, torch.arange(count + 1, device=rows.device))
-    return SparseRows(offsets, ids, weights, vocab_size)
+    return SparseRows(offsets, ids, weights)
 
 
 class TokenWeightSparse(nn.Module):
@@ -70,9 +69,7 @@ class TokenWeightSparse(nn.Module):
         weights = torch.zeros(keys.numel(), device=h.device).scatter_reduce_(
             0, inverse, w[keep], "amax", include_self=False
         )
-        return sparse_rows(
-            keys // self.vocab_size, keys % self.vocab_size, weights, lengths.numel(), self.vocab_size, top_k
-        )
+        return sparse_rows(keys // self.vocab_size, keys % self.vocab_size, weights, lengths.numel(), top_k)
 
 
 class SpladeSparse(nn.Module):
@@ -107,4 +104,4 @@ class SpladeSparse(nn.Module):
             lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).float()
             weights = kernels.segment_pool(self._act(logits.float()), batch.cu_seqlens, "mean") * lengths[:, None]
         rows, ids = weights.nonzero(as_tuple=True)
-        return sparse_rows(rows, ids, weights[rows, ids], weights.shape[0], self.vocab_size, top_k)
+        return sparse_rows(rows, ids, weights[rows, ids], weights.shape[0], top_k)

@@ -180,7 +180,7 @@ def test_modules_in_an_order_embzoo_does_not_run(plain):
         read_snapshot(plain)
 
 
-@pytest.mark.parametrize("key, value", [("use_residual", True), ("module_input_name", "attention_mask")])
+@pytest.mark.parametrize("key, value", [("use_residual", True), ("module_input_name", "token_embeddings")])
 def test_dense_options_embzoo_does_not_run_are_rejected(plain, key, value):
     write_st_layout(plain, {"pooling_mode": "mean", "embedding_dimension": 32}, False, 32)
     modules = json.loads((plain / "modules.json").read_text())
