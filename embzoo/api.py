@@ -271,32 +271,35 @@ class Embedder:
 
     def compute_score(
         self,
-        pairs: Sequence[tuple[str, str]],
+        sentence_pairs: Sequence[tuple[str, str]] | tuple[str, str],
         *,
-        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        weights_for_different_modes: Sequence[float] = (1.0, 1.0, 1.0),
         batch_tokens: int | None = None,
-    ) -> dict[str, np.ndarray]:
-        """BGE-M3's hybrid scores of (query, document) pairs, float32 [N] each: "dense", "sparse", "colbert" and
-        the weighted means "sparse+dense" and "colbert+sparse+dense" with weights (dense, sparse, colbert), as
-        FlagEmbedding's compute_score (its default weights [1, 1, 1]). The ColBERT score is that of the encoded
-        vectors (FlagEmbedding's compute_score also lets a longer document's padding floor each max at 0)."""
+    ) -> dict[str, np.ndarray] | dict[str, float]:
+        """BGE-M3's hybrid scores of (query, document) pairs, float32 [N] each (floats for one pair): "dense",
+        "sparse", "colbert" and the weighted means "sparse+dense" and "colbert+sparse+dense" with weights (dense,
+        sparse, colbert), as FlagEmbedding's compute_score (same arguments and default weights). The ColBERT score
+        is that of the encoded vectors (FlagEmbedding's compute_score also lets a longer document's padding floor
+        each max at 0)."""
         names = ("sentence", "sparse", "multivector")
         if not set(names) <= set(self.model.outputs):
             raise ValueError(
                 f"compute_score needs dense, sparse and multi-vector outputs; this model has {self.model.outputs}"
             )
-        if len(weights) != 3:
-            raise ValueError(f"weights are (dense, sparse, colbert); got {len(weights)} of them")
-        s = self._pair_scores(as_pairs(pairs), names, batch_tokens)
+        if len(weights_for_different_modes) != 3:
+            raise ValueError(f"weights are (dense, sparse, colbert); got {len(weights_for_different_modes)} of them")
+        single = len(sentence_pairs) == 2 and all(isinstance(x, str) for x in sentence_pairs)
+        s = self._pair_scores(as_pairs([sentence_pairs] if single else sentence_pairs), names, batch_tokens)
         dense, sparse, colbert = s["sentence"], s["sparse"], s["multivector"]
-        wd, ws, wc = (float(w) for w in weights)
-        return {
+        wd, ws, wc = (float(w) for w in weights_for_different_modes)
+        scores = {
             "colbert": colbert,
             "sparse": sparse,
             "dense": dense,
             "sparse+dense": (sparse * ws + dense * wd) / (ws + wd),
             "colbert+sparse+dense": (colbert * wc + sparse * ws + dense * wd) / (wc + ws + wd),
         }
+        return {k: float(v[0]) for k, v in scores.items()} if single else scores
 
     def _pair_scores(
         self, pairs: list[tuple[str, str]], names: tuple[str, ...], batch_tokens: int | None

@@ -19,10 +19,13 @@ PAIRS = [("what is bge", "bge is an embedding model"), ("what is bge", "paris"),
 def m3(make_checkpoint):
     folder, model = make_checkpoint(BertModel, TINY, noise=0.3)
     write_st_layout(folder, {"pooling_mode_cls_token": True, "word_embedding_dimension": 32}, True, 64)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.eos_token = "[SEP]"  # as XLM-R's </s> is both: FlagEmbedding drops the eos id
+    tok.save_pretrained(folder)
     torch.manual_seed(1)  # the Hub files are fp16 state dicts
     heads = {
         "colbert_linear.pt": {"weight": torch.randn(32, 32) * 0.3, "bias": torch.randn(32) * 0.1},
-        "sparse_linear.pt": {"weight": torch.randn(1, 32) * 0.3, "bias": torch.tensor([0.05])},
+        "sparse_linear.pt": {"weight": torch.randn(1, 32) * 0.3, "bias": torch.tensor([0.5])},  # mostly > 0
     }
     for name, state in heads.items():
         torch.save({k: v.half() for k, v in state.items()}, folder / name)
@@ -71,23 +74,20 @@ def test_three_outputs_from_one_pass_match_flag_embedding(m3):
 
 def test_sparse_drops_the_special_tokens_only(m3):
     folder, _, _ = m3
+    torch.save({"weight": torch.zeros(1, 32), "bias": torch.tensor([0.5])}, folder / "sparse_linear.pt")  # all 0.5
     m = embzoo.load(folder)
     tok = AutoTokenizer.from_pretrained(folder)
-    weights = m.encode("[CLS] [SEP] [MASK] hello", output="sparse")
-    assert tok.cls_token_id not in weights and tok.pad_token_id not in weights
-    ids = tok("[CLS] [SEP] [MASK] hello")["input_ids"]
-    relu = m.encode("[CLS] [SEP] [MASK] hello", output="tokens")  # states, to count the positive weights by hand
-    sparse = m.model.sparse
-    w = torch.relu(sparse.linear(torch.from_numpy(relu))).squeeze(-1)
-    expected = {i for i, x in zip(ids, w.tolist(), strict=True) if x > 0} - {tok.cls_token_id}
-    assert set(weights) == expected  # [SEP] and [MASK] stay: FlagEmbedding drops cls, eos, pad and unk only
+    text = "[CLS] [PAD] [UNK] [MASK] hello [SEP] world"
+    ids = tok(text)["input_ids"]
+    dropped = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.unk_token_id}  # cls, eos, pad, unk
+    assert dropped <= set(ids) and tok.mask_token_id in ids
+    assert m.encode(text, output="sparse") == dict.fromkeys(set(ids) - dropped, 0.5)  # [MASK] stays
 
 
 def test_compute_score_matches_flag_embedding(m3):
     folder, model, heads = m3
     m = embzoo.load(folder)
-    weights = (0.4, 0.2, 0.4)
-    got = m.compute_score(PAIRS, weights=weights)
+    got = m.compute_score(PAIRS, weights_for_different_modes=[0.5, 0.2, 0.3])
     queries, docs = [q for q, _ in PAIRS], [d for _, d in PAIRS]
     qd, ql, qc = flag_reference(folder, model, heads, queries)
     dd, dl, dc = flag_reference(folder, model, heads, docs)
@@ -98,13 +98,17 @@ def test_compute_score_matches_flag_embedding(m3):
         "dense": dense,
         "sparse": sparse,
         "colbert": colbert,
-        "sparse+dense": (sparse * 0.2 + dense * 0.4) / 0.6,
-        "colbert+sparse+dense": (colbert * 0.4 + sparse * 0.2 + dense * 0.4) / 1.0,
+        "sparse+dense": (sparse * 0.2 + dense * 0.5) / 0.7,
+        "colbert+sparse+dense": (colbert * 0.3 + sparse * 0.2 + dense * 0.5) / 1.0,
     }
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert np.abs(got[key] - value).max() < 1e-5, key
     assert np.allclose(m.score(PAIRS, output="multivector"), colbert, atol=1e-5)
+    one = m.compute_score(PAIRS[0])  # one pair → floats, as FlagEmbedding; default weights (1, 1, 1)
+    assert (
+        isinstance(one["dense"], float) and abs(one["colbert+sparse+dense"] - (dense + sparse + colbert)[0] / 3) < 1e-5
+    )
     ranking = m.rank("what is bge", ["paris", "bge is an embedding model"], output="sparse", return_documents=True)
     assert [r["index"] for r in ranking] == list(np.argsort(-sparse[:2][::-1], kind="stable"))
     assert ranking[0]["document"] == ["paris", "bge is an embedding model"][ranking[0]["index"]]
