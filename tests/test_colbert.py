@@ -41,14 +41,45 @@ SETTINGS = {
 }
 
 
+def bpe_tokenizer(folder):
+    """Replace the folder's tokenizer by a small byte-level BPE one (GTE-ModernColBERT's kind: a leading space
+    changes the tokens), with BERT's special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(QUERIES + DOCS + ["hello world, what is it?"] * 3, trainer)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / f).unlink(missing_ok=True)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(folder)
+
+
 def add_markers(folder):
     tok = AutoTokenizer.from_pretrained(folder)
     tok.add_tokens(["[Q] ", "[D] "])  # as PyLate does before saving: ids 30522 and 30523
     tok.save_pretrained(folder)
 
 
-def pylate_folder(make_checkpoint, name="colbert", backbone=None, **settings):
+def pylate_folder(make_checkpoint, name="colbert", backbone=None, bpe=False, **settings):
     folder, model = make_checkpoint(*(backbone or (BertModel, BertConfig(**TINY))), name=name, noise=0.3)
+    if bpe:
+        bpe_tokenizer(folder)
     add_markers(folder)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -90,8 +121,8 @@ def pylate_reference(folder, model, weight, texts, is_query, settings):
     expand = is_query and settings["do_query_expansion"]
     out = []
     with torch.no_grad():
-        for text in texts:
-            ids = tok(text, truncation=True, max_length=length - 1)["input_ids"]
+        for text in texts:  # PyLate tokenizes through sentence-transformers 5's Transformer, which strips
+            ids = tok(text.strip(), truncation=True, max_length=length - 1)["input_ids"]
             ids = ids[:1] + [marker] + ids[1:]
             mask = [1] * len(ids)
             if expand:
@@ -160,6 +191,16 @@ def test_modernbert_colbert_matches_reference(make_checkpoint):
         full = SETTINGS | expansion
         assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, full))
         assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, full))
+
+
+def test_texts_are_stripped_as_pylate_does(make_checkpoint):
+    folder, model, weight = pylate_folder(make_checkpoint, bpe=True)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok(" what is it ")["input_ids"] != tok("what is it")["input_ids"]  # the space matters to this tokenizer
+    m = embzoo.load(folder)
+    texts = [" what is it ", "hello world, what is it?\n"]
+    assert_vectors(m.encode_query(texts), pylate_reference(folder, model, weight, texts, True, SETTINGS))
+    assert_vectors(m.encode_document(texts), pylate_reference(folder, model, weight, texts, False, SETTINGS))
 
 
 def test_stanford_colbert_matches_reference(make_checkpoint):

@@ -31,7 +31,7 @@ from embzoo.modeling.heads import ClassificationHead, Dense
 from embzoo.modeling.multivector import MultiVectorHead
 from embzoo.modeling.sparse import SpladeSparse, TokenWeightSparse
 from embzoo.registry import family_for, family_modules
-from embzoo.tokenization import TextTokenizer, fast_tokenizer
+from embzoo.tokenization import TextTokenizer, fast_tokenizer, plain_backend
 
 PYLATE_DEFAULTS: dict[str, Any] = {
     "query_prefix": "[Q] ",
@@ -88,10 +88,22 @@ def _token_id(tokenizer: Any, token: str, what: str, folder: Path) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
         raise SnapshotError(
-            f"{folder}: the ColBERT {what} {token!r} is not a token of this tokenizer; a PyLate model adds it to "
-            "the tokenizer when saved (tokenizer.json added_tokens)"
+            f"{folder}: the ColBERT {what} {token!r} is not a token of this tokenizer. PyLate adds it to the tokenizer "
+            "(tokenizer.json added_tokens) when it saves a model: add it with tokenizer.add_tokens and resize the "
+            "embeddings, or set the prefix in config_sentence_transformers.json to a token it has (e.g. [unused0])"
         )
     return token_id
+
+
+def _expansion_id(tokenizer: Any, folder: Path) -> int:
+    """The id queries are padded with: the mask token, else EOS, else PAD (PyLate's choice)."""
+    for candidate in (tokenizer.mask_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if candidate is not None:
+            return candidate
+    raise SnapshotError(
+        f"{folder}: ColBERT query expansion pads with the mask (or EOS, or PAD) token; this tokenizer has none: "
+        'set "do_query_expansion": false in config_sentence_transformers.json'
+    )
 
 
 def late_interaction(
@@ -101,8 +113,7 @@ def late_interaction(
     s = colbert_settings(snapshot)
     folder = snapshot.model_dir
     hf, _ = fast_tokenizer(folder)
-    if hf.mask_token_id is None and s["do_query_expansion"]:
-        raise SnapshotError(f"{folder}: ColBERT query expansion pads with the mask token; this tokenizer has none")
+    expansion = _expansion_id(hf, folder) if s["do_query_expansion"] else -1
     # PyLate looks each skiplist word up as a token: a word outside the vocabulary skips the unknown token
     skiplist = frozenset(hf.convert_tokens_to_ids(w) for w in s["skiplist_words"]) - {None}
     lengths = {"query": int(s["query_length"]), "document": int(document_length or s["document_length"])}
@@ -118,8 +129,8 @@ def late_interaction(
             skiplist=skiplist if role == "document" else frozenset(),
         )
         limit = lengths[role] - (marker is not None)
-        tokenizers[role] = TextTokenizer.from_folder(folder, limit, lowercase=lowercase)
-    return LateInteraction(tokenizers, roles, hf.mask_token_id if hf.mask_token_id is not None else -1)
+        tokenizers[role] = TextTokenizer(plain_backend(hf), limit, set(hf.all_special_ids), lowercase)
+    return LateInteraction(tokenizers, roles, expansion)
 
 
 def colbert_head(snapshot: Snapshot, hidden_size: int, *, device: torch.device | str = "cpu") -> MultiVectorHead:
