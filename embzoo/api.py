@@ -86,6 +86,7 @@ class Embedder:
         name: str = "",
         adapters: NamedLoRA | None = None,
         late: LateInteraction | None = None,
+        max_active_dims: int | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -107,6 +108,7 @@ class Embedder:
         self.name = name
         self.adapters = adapters
         self.late = late
+        self.max_active_dims = max_active_dims  # the sparse output's default top-k (None: all weights)
 
     @property
     def device(self) -> torch.device:
@@ -171,6 +173,7 @@ class Embedder:
         adapter: str | Sequence[str | None] | None = None,
         max_active_dims: int | None = None,
         sparse_format: str | None = None,
+        is_query: bool | None = None,
     ) -> Any:
         """Embed texts. Returns float32 [N, D] (or [D] for one str) as numpy, or a torch tensor on the
         model's device with convert_to_tensor; precision int8/uint8/binary/ubinary changes the dtype.
@@ -180,13 +183,14 @@ class Embedder:
         {token id: weight} dicts; sparse_format "torch" = a torch sparse COO [N, vocab] tensor, the default with
         convert_to_tensor, "scipy" = a scipy CSR matrix). None = the model's main output (`outputs[0]`). A list
         of names gives a dict of them, all from one forward pass. Lists of per-text results hold one item for one str.
-        max_active_dims keeps each sparse vector's heaviest weights (None: all).
+        max_active_dims keeps each sparse vector's heaviest weights (None: the model's setting, else all).
 
         The text is prefixed by `prompt`, the model's prompt `prompt_name`, or `instruction` (a task
         description put into the model's instruction template, e.g. Qwen3-Embedding's
         "Instruct: {instruction}\nQuery:"); with none of them, the default prompt if the model has one.
         A ColBERT model needs prompt_name "query" or "document" (or encode_query / encode_document): it marks
-        the input as one or the other and pads queries with [MASK] (see embzoo.late_interaction).
+        the input as one or the other and pads queries with [MASK] (see embzoo.late_interaction). is_query (PyLate's
+        spelling) is the same as encode_query (True) or encode_document (False).
 
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
         Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
@@ -200,8 +204,15 @@ class Embedder:
         adapter (a model loaded with adapters={name: folder}): an adapter name, or one per text (None in a list:
         the base weights); texts run grouped by adapter, its LoRA added per batch. No adapter: the base weights.
         """
+        if is_query is not None:
+            if prompt_name is not None:
+                raise ValueError("pass is_query or prompt_name, not both")
+            chosen = {"prompt": prompt, "instruction": instruction, "task": task}
+            prompt_name = self._role_kwargs("query" if is_query else "document", chosen).get("prompt_name")
         texts, single = _as_texts(sentences)
         names = self._output_names(output)
+        if max_active_dims is None and "sparse" in names:
+            max_active_dims = self.max_active_dims
         tasks = self._tasks(task, len(texts), (prompt_name, prompt, instruction))
         adapters = self._adapters(adapter, len(texts))
         role = self._role(prompt_name, prompt, instruction)
@@ -558,6 +569,7 @@ class Embedder:
         the same prompt/dimensions/normalize arguments you will use for quantized encoding."""
         vectors = self.encode(
             list(texts),
+            output="sentence",
             prompt_name=prompt_name,
             prompt=prompt,
             instruction=instruction,

@@ -142,13 +142,11 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     sentences = resources.files("embzoo").joinpath("data/demo_sentences.txt").read_text("utf-8").splitlines()
     model = _embedder(args)
-    docs = model.encode(sentences, normalize=True)
-    query = model.encode(args.query, normalize=True)
-    scores = docs @ query
-    print(f"model: {model.name}  ({model.dimension}-d, {model.device})")
+    rows = model.rank(args.query, sentences, top_k=args.top_k)  # cosine, sparse dot product or MaxSim
+    print(f"model: {model.name}  ({model.dimension}-d {model.model.outputs[0]}, {model.device})")
     print(f"query: {args.query}")
-    for rank, i in enumerate(np.argsort(-scores)[: args.top_k], start=1):
-        print(f"{rank:2d}. {scores[i]:.4f}  {sentences[i]}")
+    for rank, row in enumerate(rows, start=1):
+        print(f"{rank:2d}. {row['score']:.4f}  {sentences[row['index']]}")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

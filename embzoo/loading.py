@@ -258,7 +258,7 @@ def _embedder(
         return Embedder(model, tokenizer, late=late, **recipe)
     if pipe.splade is not None or (entry is not None and entry.splade):
         model = EmbeddingModel(backbone, None, sparse=splade_head(snap, dtype=dtype, device=device))
-        return Embedder(model, tokenizer, **recipe)
+        return Embedder(model, tokenizer, max_active_dims=pipe.max_active_dims, **recipe)
     learned = load_pooler(snap, dtype=dtype, device=device)  # a family's own pooler replaces sentence-transformers'
     pooling = pipe.pooling or (entry.pooling if entry else None)
     if pooling is None and learned is None:

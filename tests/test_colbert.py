@@ -159,6 +159,7 @@ def test_pylate_colbert_matches_reference(make_checkpoint, settings):
     assert_vectors(m.encode_query(QUERIES), pylate_reference(folder, model, weight, QUERIES, True, full))
     assert_vectors(m.encode_document(DOCS), pylate_reference(folder, model, weight, DOCS, False, full))
     assert_vectors(m.encode(DOCS, prompt_name="document"), pylate_reference(folder, model, weight, DOCS, False, full))
+    assert_vectors(m.encode(QUERIES, is_query=True), pylate_reference(folder, model, weight, QUERIES, True, full))
 
 
 def test_pylate_folder_without_settings_takes_pylate_defaults(make_checkpoint):
@@ -236,6 +237,20 @@ def test_colbert_needs_a_role_and_truncates_with_one_warning(make_checkpoint, ca
     assert m.encode_query("hi", convert_to_tensor=True).shape == (12, DIM)  # expanded to the query length
 
 
+def test_scoring_takes_one_text_or_many(make_checkpoint):
+    from embzoo.scoring import maxsim_scores
+
+    folder, _, _ = pylate_folder(make_checkpoint)
+    m = embzoo.load(folder)
+    q, docs = m.encode_query(QUERIES[0]), m.encode_document(DOCS)
+    matrix = maxsim_scores(q, docs)  # one query's [n, dim] array, a list of documents
+    assert matrix.shape == (1, len(DOCS))
+    assert np.allclose(maxsim_scores([q] * len(DOCS), docs, pairwise=True), matrix[0])
+    assert np.allclose(maxsim_scores([q], docs, pairs=[[0, 2], [0, 0]]), matrix[0, [2, 0]])
+    with pytest.raises(ValueError, match="as many queries"):
+        maxsim_scores([q], docs, pairwise=True)
+
+
 def test_colbert_rank_is_maxsim_summed(make_checkpoint):
     folder, model, weight = pylate_folder(make_checkpoint)
     m = embzoo.load(folder)
@@ -272,3 +287,6 @@ def test_cli_embed_and_rerank_with_colbert(make_checkpoint, capsys):
     ranked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     want = m.rank(QUERIES[0], DOCS)
     assert [r["index"] for r in ranked] == [w["index"] for w in want]
+    main(["demo", "--model", str(folder), "--device", "cpu", "--top-k", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"({DIM}-d multivector, cpu)" in lines[0] and len(lines) == 4

@@ -180,3 +180,14 @@ def test_matryoshka_layer_norm_before_truncation(mean_model):
     want = torch.nn.functional.layer_norm(full, (32,))[:, :8]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(mean_model.encode(TEXTS, normalize=False, convert_to_tensor=True), full)
+
+
+def test_score_and_rank_use_cosine_for_sentence_vectors(make_checkpoint):
+    m = embzoo.load(tiny_folder(make_checkpoint, {"pooling_mode": "mean"}), device="cpu")
+    assert not m.normalize  # raw mean vectors: score() must normalize them itself
+    pairs = [("hello world", TEXTS[2]), ("ok", "naïve café")]
+    v = m.encode([q for q, _ in pairs] + [d for _, d in pairs])
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    assert np.allclose(m.score(pairs), (v[:2] * v[2:]).sum(1), atol=1e-6)
+    ranking = m.rank("hello world", TEXTS, top_k=2)
+    assert [r["index"] for r in ranking][0] == 0 and len(ranking) == 2

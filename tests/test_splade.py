@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, RobertaConfig, RobertaForMaskedLM
 
 import embzoo
 
@@ -14,8 +14,10 @@ TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention
 TEXTS = ["hello world", "", "a longer sentence with several more words in it, and a comma", "ok ok ok"]
 
 
-def splade_folder(make_checkpoint, name="splade", tied=True, pooling=None, st_files=True):
-    folder, model = make_checkpoint(BertForMaskedLM, BertConfig(**TINY, tie_word_embeddings=tied), name=name, noise=0.3)
+def splade_folder(make_checkpoint, name="splade", tied=True, pooling=None, st_files=True, roberta=False):
+    config = (RobertaConfig(**TINY, pad_token_id=0) if roberta else BertConfig(**TINY)) if tied else None
+    config = config or BertConfig(**TINY, tie_word_embeddings=False)
+    folder, model = make_checkpoint(RobertaForMaskedLM if roberta else BertForMaskedLM, config, name=name, noise=0.3)
     if st_files:
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.sparse_encoder.models.MLMTransformer"},
@@ -69,6 +71,23 @@ def test_splade_matches_the_masked_lm_reference(make_checkpoint, tied):
     assert all(len(d) == int((r > 0).sum()) for d, r in zip(ours, ref, strict=True))  # no zero weights kept
 
 
+def test_roberta_masked_lm_head(make_checkpoint):
+    folder, model = splade_folder(make_checkpoint, roberta=True)
+    ours = embzoo.load(folder).encode(TEXTS)
+    assert np.abs(dense_rows(ours) - reference(folder, model, TEXTS).numpy()).max() < 1e-4
+
+
+def test_saved_max_active_dims_is_the_default(make_checkpoint):
+    folder, _ = splade_folder(make_checkpoint)
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({"max_active_dims": 4}))
+    m = embzoo.load(folder)
+    assert all(len(d) == 4 for d in m.encode(TEXTS)) and len(m.encode(TEXTS, max_active_dims=6)[0]) == 6
+    with pytest.raises(ValueError, match="needs dense, sparse and multi-vector"):
+        m.compute_score([("a", "b")])
+    with pytest.raises(ValueError, match=r"gives \('sparse', 'tokens'\)"):
+        m.calibrate(TEXTS)  # int8 ranges are for sentence vectors
+
+
 def test_splade_sum_pooling_and_log1p_relu(make_checkpoint):
     folder, model = splade_folder(
         make_checkpoint, pooling={"pooling_strategy": "sum", "activation_function": "log1p_relu"}
@@ -118,6 +137,9 @@ def test_cli_embed_writes_sparse_json_lines(make_checkpoint, capsys):
     assert {int(k): v for k, v in row["sparse"].items()} == pytest.approx(want)
     with pytest.raises(SystemExit, match="one list per text"):
         main(["embed", "--model", str(folder), "--device", "cpu", "hello", "-o", "out.npy"])
+    main(["demo", "--model", str(folder), "--device", "cpu", "--top-k", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "(30522-d sparse, cpu)" in lines[0] and len(lines) == 5
 
 
 def test_decode_names_the_heaviest_tokens(make_checkpoint):
