@@ -368,7 +368,8 @@ class Embedder:
         if name not in self.late.roles or prompt is not None or instruction is not None:
             raise ValueError(
                 f"{self.name or 'this ColBERT model'} encodes queries and documents differently: pass "
-                f"prompt_name= one of {sorted(self.late.roles)} (or call encode_query / encode_document)"
+                f"prompt_name= one of {sorted(self.late.roles)} (or call encode_query / encode_document; on the "
+                "command line, --prompt-name query|document)"
             )
         return name
 

@@ -89,6 +89,7 @@ class CatalogEntry:
     activation: str = ""
     # a masked-LM checkpoint without sentence-transformers files that is a SPLADE model (sparse output)
     splade: bool = False
+    colbert: bool = False  # a ColBERT model (its files say so; this marks the catalog row: per-token vectors)
 
     def __post_init__(self) -> None:
         if self.instruction_mask not in INSTRUCTION_MASKS:
@@ -221,9 +222,9 @@ def _entries() -> list[CatalogEntry]:
     # multi-vector (ColBERT: encode_query / encode_document give per-token vectors, scored by MaxSim) and sparse
     # (SPLADE: {token id: weight} over the vocabulary) models; no sentence pooling
     out += [
-        e("colbert-ir/colbertv2.0", "bert", (), 128, 180, "mit", normalize=False,
+        e("colbert-ir/colbertv2.0", "bert", (), 128, 180, "mit", normalize=False, colbert=True,
           summary="ColBERTv2 (Stanford layout: [unused0]/[unused1] markers, 32-token queries, punctuation skiplist)."),
-        e("lightonai/GTE-ModernColBERT-v1", "modernbert", (), 128, 300, "apache-2.0", normalize=False,
+        e("lightonai/GTE-ModernColBERT-v1", "modernbert", (), 128, 300, "apache-2.0", normalize=False, colbert=True,
           summary="PyLate ColBERT on gte-modernbert-base ([Q]/[D] markers, 300-token documents)."),
         e("naver/splade-v3", "bert", (), 30522, 512, "cc-by-nc-sa-4.0", normalize=False, splade=True,
           summary="SPLADE v3 (BERT masked-LM head, log(1 + relu), max over tokens): sparse vocabulary weights."),

@@ -128,7 +128,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             (
                 e.hub_id,
                 e.family,
-                "+".join(e.pooling) or "head",
+                "+".join(e.pooling) or ("per-token" if e.colbert else "sparse" if e.splade else "head"),
                 str(e.dimension),
                 str(e.max_seq_length),
                 ",".join(e.prompts) or "-",

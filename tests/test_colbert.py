@@ -287,6 +287,10 @@ def test_cli_embed_and_rerank_with_colbert(make_checkpoint, capsys):
     ranked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     want = m.rank(QUERIES[0], DOCS)
     assert [r["index"] for r in ranked] == [w["index"] for w in want]
+    main(["list"])
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["lightonai/GTE-ModernColBERT-v1", "modernbert", "per-token", "128", "300", "-"] in listed
+    assert ["naver/splade-v3", "bert", "sparse", "30522", "512", "-"] in listed
     main(["demo", "--model", str(folder), "--device", "cpu", "--top-k", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert f"({DIM}-d multivector, cpu)" in lines[0] and len(lines) == 4

@@ -177,12 +177,10 @@ def bge_m3_heads(
         sparse = TokenWeightSparse(hidden_size, vocab_size, unused - {None})
         sparse.linear.load_state_dict(_read_pt(folder / "sparse_linear.pt", {"weight": (1, hidden_size), "bias": (1,)}))
     if (folder / "colbert_linear.pt").is_file():
-        state = torch.load(folder / "colbert_linear.pt", map_location="cpu", weights_only=True)
-        dim = tuple(state["weight"].shape)[0] if "weight" in state else hidden_size
+        dim = torch.load(folder / "colbert_linear.pt", map_location="meta", weights_only=True)["weight"].shape[0]
         dense = Dense(hidden_size, dim, bias=True, activation=nn.Identity())
-        dense.linear.load_state_dict(
-            _read_pt(folder / "colbert_linear.pt", {"weight": (dim, hidden_size), "bias": (dim,)})
-        )
+        expected = {"weight": (dim, hidden_size), "bias": (dim,)}
+        dense.linear.load_state_dict(_read_pt(folder / "colbert_linear.pt", expected))
         multivector = MultiVectorHead([dense], skip_first=True, reduce="mean")
     return (
         None if sparse is None else sparse.to(device),
