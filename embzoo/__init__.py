@@ -10,6 +10,7 @@ r.rank("what is rope?", ["rotary position embeddings ...", "a length of cord"])
 from embzoo import catalog
 from embzoo.api import Embedder
 from embzoo.config import ArchConfig, UnsupportedConfig
+from embzoo.integrations import transformers as _transformers  # noqa: F401  (registers embzoo folders with Auto*)
 from embzoo.listwise_reranker import ListwiseReranker
 from embzoo.loading import load
 from embzoo.reranker import Reranker

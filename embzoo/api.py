@@ -69,6 +69,8 @@ def _as_texts(sentences: str | Sequence[str]) -> tuple[list[str], bool]:
 class Embedder:
     """Text → vectors with one embedding checkpoint (load it with `embzoo.load`)."""
 
+    origin: Any = None  # embzoo.load sets it: the snapshot and recipe it came from (embzoo.loading.Origin)
+
     def __init__(
         self,
         model: EmbeddingModel,

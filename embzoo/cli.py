@@ -150,14 +150,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from embzoo.conversion.convert import convert_lora_to_peft
+    from embzoo.conversion.convert import convert_lora_to_peft, convert_model
 
     try:
-        folders = convert_lora_to_peft(args.src, Path(args.dst), base_model=args.base_model)
-    except ValueError as error:  # not a task-LoRA model: the message, no traceback
+        if args.lora_to_peft:
+            for folder in convert_lora_to_peft(args.src, Path(args.dst), base_model=args.base_model):
+                print(folder)
+            return
+        print(convert_model(args.src, args.dst, dtype=args.dtype, recipe=args.recipe, revision=args.revision))
+    except ValueError as error:  # a bad option or a checkpoint this mode cannot take: the message, no traceback
         raise SystemExit(f"embzoo convert: {error}") from None
-    for folder in folders:
-        print(folder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,17 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--top-k", type=int, default=5)
     demo.set_defaults(func=cmd_demo)
 
-    convert = sub.add_parser("convert", help="rewrite a checkpoint's parts in another standard layout")
+    convert = sub.add_parser(
+        "convert", help="a checkpoint as an embzoo folder (embzoo.load reloads it bit-exactly), or task LoRA as PEFT"
+    )
+    convert.add_argument("src", metavar="SRC", help="hub id or local folder of a checkpoint embzoo.load takes")
+    convert.add_argument("dst", metavar="DST", help="new folder to write")
+    convert.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    convert.add_argument("--recipe", default=None, help="catalog id whose recipe applies to a local copy (SRC)")
+    convert.add_argument("--revision", default=None, help="Hub revision of SRC")
     convert.add_argument(
         "--lora-to-peft",
         action="store_true",
-        required=True,
-        help="task LoRA (jina-embeddings-v3) → one PEFT LoRA folder per task under DST, for the -hf model",
+        help="instead: task LoRA (jina-embeddings-v3) → one PEFT LoRA folder per task under DST, for the -hf model",
     )
-    convert.add_argument("src", metavar="SRC", help="hub id or local folder of a task-LoRA model")
-    convert.add_argument("dst", metavar="DST", help="folder to write the task adapters into")
     convert.add_argument(
-        "--base-model", default=DEFAULT_PEFT_BASE, help="base_model_name_or_path written into adapter_config.json"
+        "--base-model", default=DEFAULT_PEFT_BASE, help="with --lora-to-peft: base_model_name_or_path of the adapters"
     )
     convert.set_defaults(func=cmd_convert)
     return parser

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -123,6 +124,14 @@ def load(
         )
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
     snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
+    if snap.converted is not None:
+        if chain or adapters:
+            raise ValueError(
+                f"{root} is an embzoo folder: adapters are merged before converting (embzoo.load(source, "
+                "adapters=[...]) then embzoo convert), not onto a converted folder"
+            )
+        if entry is None and snap.converted.get("recipe"):
+            entry = catalog.lookup(snap.converted["recipe"])
     if entry is None and (entry := catalog.by_architecture(snap.config)) is not None:
         log.info("%s: its architectures identify %s; loading with its recipe", root, entry.hub_id)
     merge = lora_transform([*chain, *(resolve(a) for a in ([] if named else adapters))])
@@ -167,7 +176,7 @@ def load(
             name=str(name_or_path),
         )
         merge.check()
-        return reranker
+        return _with_origin(reranker, snap, entry)
     quantize = load_in_8bit or load_in_4bit  # then blocks are loaded on the host and quantized one by one
     backbone, head = load_backbone(
         snap,
@@ -187,10 +196,26 @@ def load(
         backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     if head is not None:
-        return cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
-    return _embedder(
+        ranker = cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
+        return _with_origin(ranker, snap, entry)
+    embedder = _embedder(
         snap, entry, backbone, limit, name, dtype=dtype, device=device, adapters=lora, stated_length=max_seq_length
     )
+    return _with_origin(embedder, snap, entry)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a loaded model came from (embzoo convert and export read it): its snapshot (config.json with the
+    recipe's overrides applied) and the catalog recipe that applied, if any."""
+
+    snapshot: Snapshot
+    recipe: str | None
+
+
+def _with_origin(model: Embedder | Ranker, snap: Snapshot, entry: catalog.CatalogEntry | None) -> Embedder | Ranker:
+    model.origin = Origin(snap, entry.hub_id if entry is not None else None)
+    return model
 
 
 def _named_adapters(snap: Snapshot, backbone: Backbone, folders: Mapping[str, str | Path]) -> NamedLoRA:

@@ -52,6 +52,7 @@ class Ranker(ABC):
     scorer: nn.Module
     name: str
     activation: str
+    origin: Any = None  # embzoo.load sets it: the snapshot and recipe it came from (embzoo.loading.Origin)
 
     @property
     def device(self) -> torch.device:

@@ -161,3 +161,21 @@ def reference_logits(folder: Path, model: torch.nn.Module, pairs, max_length: in
     enc = tok([q for q, _ in pairs], [d for _, d in pairs], padding=True, truncation=True, max_length=max_length)
     with torch.no_grad():
         return model(**{k: torch.tensor(v) for k, v in enc.items()}).logits[:, 0]
+
+
+def assert_round_trip(src: Path, dst: Path, run, recipe: str | None = None, dtype: str = "float32") -> None:
+    """`embzoo convert` src → dst reloads bit-exactly: run(model) is identical for the source (loaded with recipe)
+    and the embzoo folder (loaded without: the folder keeps its recipe), and the folder says model_type embzoo."""
+    import numpy as np
+
+    import embzoo
+    from embzoo.conversion.convert import convert_model
+
+    convert_model(src, dst, dtype=dtype, recipe=recipe)
+    assert json.loads((dst / "config.json").read_text())["model_type"] == "embzoo"
+    want = run(embzoo.load(src, device="cpu", dtype=dtype, recipe=recipe))
+    got = run(embzoo.load(dst, device="cpu", dtype=dtype))
+    for a, b in zip(
+        want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,), strict=True
+    ):
+        assert np.array_equal(np.asarray(a), np.asarray(b)), (a, b)

@@ -119,3 +119,10 @@ def test_compute_score_needs_the_three_outputs(make_checkpoint):
     write_st_layout(folder, {"pooling_mode_cls_token": True, "word_embedding_dimension": 32}, True, 64)
     with pytest.raises(ValueError, match="needs dense, sparse and multi-vector outputs"):
         embzoo.load(folder).compute_score(PAIRS)
+
+
+def test_embzoo_folder_reloads_bit_exactly(m3, tmp_path):
+    from conftest import assert_round_trip
+
+    folder, _, _ = m3
+    assert_round_trip(folder, tmp_path / "converted", lambda m: tuple(m.compute_score(PAIRS).values()))

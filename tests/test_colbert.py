@@ -294,3 +294,15 @@ def test_cli_embed_and_rerank_with_colbert(make_checkpoint, capsys):
     main(["demo", "--model", str(folder), "--device", "cpu", "--top-k", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert f"({DIM}-d multivector, cpu)" in lines[0] and len(lines) == 4
+
+
+def test_embzoo_folder_reloads_bit_exactly(make_checkpoint, tmp_path):
+    from conftest import assert_round_trip
+
+    metadata = {"query_maxlen": 12, "doc_maxlen": 20, "attend_to_mask_tokens": False, "dim": DIM}
+    for name, (folder, *_) in {
+        "pylate": pylate_folder(make_checkpoint),
+        "stanford": stanford_folder(make_checkpoint, metadata),  # linear.weight kept under its own name
+    }.items():
+        run = lambda m: (*m.encode_query(QUERIES), *m.encode_document(DOCS))  # noqa: E731
+        assert_round_trip(folder, tmp_path / f"{name}-converted", run)

@@ -231,3 +231,10 @@ def test_a_causal_lm_without_recipe_names_the_reranker_recipes(make_checkpoint, 
 def test_a_recipe_without_a_model_is_refused():
     with pytest.raises(ValueError, match="pass its folder too"):
         embzoo.load(recipe="Qwen/Qwen3-Reranker-0.6B")
+
+
+def test_embzoo_folder_keeps_its_recipe(qwen3_folder, tmp_path):
+    from conftest import assert_round_trip
+
+    run = lambda m: m.encode(["hello"], instruction="find it")  # noqa: E731  (the template comes from the recipe)
+    assert_round_trip(qwen3_folder, tmp_path / "converted", run, recipe="Qwen/Qwen3-Embedding-0.6B")

@@ -356,3 +356,11 @@ def test_rerank_command(checkpoint, capsys):
     np.testing.assert_allclose([r["score"] for r in rows], [w["score"] for w in want], atol=1e-6)
     with pytest.raises(SystemExit, match="embzoo rerank: .* scores by cosine only"):
         main([*args, "--recipe", RECIPE, "--activation", "sigmoid"])
+
+
+def test_embzoo_folder_reloads_bit_exactly(checkpoint, tmp_path):
+    from conftest import assert_round_trip
+
+    folder, _, _, _ = checkpoint()
+    scores = lambda r: [row["score"] for row in r.rank(QUERY, DOCS)]  # noqa: E731
+    assert_round_trip(folder, tmp_path / "converted", scores, recipe=RECIPE)

@@ -293,3 +293,10 @@ def test_rerankers_share_rank_and_the_ranker_protocol(make_checkpoint):
     assert isinstance(embzoo.load(folder, device="cpu"), Ranker)
     assert not isinstance(embzoo.load(device="cpu"), Ranker)
     assert embzoo.Reranker.rank is embzoo.ListwiseReranker.rank is Ranker.rank
+
+
+def test_embzoo_folder_reloads_bit_exactly(make_checkpoint, tmp_path):
+    from conftest import assert_round_trip
+
+    folder, _ = bert_checkpoint(make_checkpoint)  # the classification head stored as head.*
+    assert_round_trip(folder, tmp_path / "converted", lambda r: r.score([(QUERY, d) for d in DOCS]))

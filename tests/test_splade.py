@@ -151,3 +151,10 @@ def test_decode_names_the_heaviest_tokens(make_checkpoint):
     assert m.decode(weights[0], top_k=3) == [(tok.convert_ids_to_tokens(k), v) for k, v in heaviest]
     as_tensor = m.decode(m.encode(TEXTS[:2], convert_to_tensor=True), top_k=3)
     assert [[t for t, _ in row] for row in as_tensor] == [[t for t, _ in row] for row in m.decode(weights, top_k=3)]
+
+
+def test_embzoo_folder_reloads_bit_exactly(make_checkpoint, tmp_path):
+    from conftest import assert_round_trip
+
+    folder, _ = splade_folder(make_checkpoint)  # tied decoder: read from the converted word embeddings
+    assert_round_trip(folder, tmp_path / "converted", lambda m: m.encode(TEXTS, convert_to_tensor=True).to_dense())

@@ -383,3 +383,13 @@ def test_catalog_recipes():
     lengths = {e.reranker: e.max_seq_length for e in rerankers.values()}
     assert lengths == {"qwen3_reranker": 8192, "mxbai_rerank_v2": 8192, "bge_reranker_gemma": 1024}
     assert {e.hub_id for e in CATALOG.values() if e.reranker} - set(rerankers) == {"jinaai/jina-reranker-v3"}
+
+
+@pytest.mark.parametrize("case", ["qwen3_tied", "qwen3_untied"])
+def test_embzoo_folder_reloads_bit_exactly(checkpoint, case, tmp_path):
+    from conftest import assert_round_trip
+
+    model_cls, config_cls, extra, recipe, _, _ = CASES[case]
+    folder, _, _ = checkpoint(model_cls, config_cls, **extra)
+    pairs = [("what is rope?", "rotary position embeddings"), ("q", "a longer document about nothing")]
+    assert_round_trip(folder, tmp_path / "converted", lambda r: r.score(pairs), recipe=recipe)

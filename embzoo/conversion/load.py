@@ -9,6 +9,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from embzoo.config import ArchConfig
 from embzoo.conversion.rules import Drop, Rule, Target, dropped, plan
 from embzoo.conversion.snapshot import DenseSpec, Snapshot, weight_files
 from embzoo.conversion.stream import Transform, load_state
@@ -19,6 +20,11 @@ from embzoo.registry import family_for, head_key
 
 DENSE_WEIGHTS = [Rule(r"^linear\.(?P<p>weight|bias)$", "linear.{p}")]
 HEAD_PREFIX = "head."
+# an embzoo folder (embzoo.conversion.convert) stores the backbone under "backbone." and a classification head
+# under "head.", the modules' own names; its other tensors keep the source checkpoint's names for their loaders
+CONVERTED_BACKBONE = [Rule(r"^backbone\.(?P<n>.+)$", "{n}")]
+CONVERTED_HEAD = Rule(r"^head\.(?P<n>.+)$", "head.{n}")
+CONVERTED_OTHERS = Drop(r"^(?!backbone\.|head\.)")
 
 
 def is_classifier(config: dict) -> bool:
@@ -49,19 +55,23 @@ def load_backbone(
     per task beside the weights (jina-embeddings-v3's -hf layout) is read too (embzoo.conversion.task_lora_peft).
     """
     family = family_for(snapshot.config)
-    arch = family.to_arch(snapshot.config)
-    adapters = read_task_adapters(family, snapshot.model_dir, arch)
-    if adapters is not None:  # scalings are folded into the factors: lora_alpha / lora_rank = 1
-        arch = replace(arch, lora_tasks=adapters.tasks, lora_rank=adapters.rank, lora_alpha=adapters.rank)
     with_head = is_classifier(snapshot.config) if with_head is None else with_head
-    head_rules = family.HEADS[head_key(snapshot.config)]
+    if snapshot.converted is not None:  # an embzoo folder: its ArchConfig and its own parameter names
+        arch, adapters = ArchConfig.from_dict(snapshot.converted["arch"]), None
+        rules = [*CONVERTED_BACKBONE, CONVERTED_HEAD if with_head else Drop(CONVERTED_HEAD.pattern), CONVERTED_OTHERS]
+    else:
+        arch = family.to_arch(snapshot.config)
+        adapters = read_task_adapters(family, snapshot.model_dir, arch)
+        if adapters is not None:  # scalings are folded into the factors: lora_alpha / lora_rank = 1
+            arch = replace(arch, lora_tasks=adapters.tasks, lora_rank=adapters.rank, lora_alpha=adapters.rank)
+        head_rules = family.HEADS[head_key(snapshot.config)]
+        rules = [*family.WEIGHTS, *(head_rules if with_head else dropped(head_rules)), *ignore]
     with torch.device("meta"):
         backbone = Backbone(arch, attn_backend)
         head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
     expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
     side = adapters.state if adapters is not None else {}  # factors from the task adapter folders
     expected = {n: s for n, s in expected.items() if n not in side}
-    rules = [*family.WEIGHTS, *(head_rules if head else dropped(head_rules)), *ignore]
     folder = snapshot.weights_dir or snapshot.model_dir
     state = load_state(folder, rules, expected, dtype=dtype, device=device, transform=transform)
     state |= {n: t.to(dtype=dtype, device=device) for n, t in side.items()}

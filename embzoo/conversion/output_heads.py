@@ -54,6 +54,7 @@ STANFORD_MARKERS = {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
 STANFORD_LINEAR = r"^linear\.weight$"
 BGE_M3_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 BGE_M3_UNUSED = ("cls", "eos", "pad", "unk")  # special tokens FlagEmbedding leaves out of the sparse weights
+CONVERTED_EMBEDDINGS = Rule(r"^backbone\.embed\.tok\.weight$", "out.weight")  # a tied decoder in an embzoo folder
 SPLADE_POOLING = {"pooling_strategy": ("max", "sum"), "activation_function": ("relu", "log1p_relu")}
 
 
@@ -207,8 +208,10 @@ def splade_head(
         mlm = ClassificationHead(**family.mlm_head(snapshot.config))
     expected = {n: tuple(t.shape) for n, t in mlm.state_dict().items()}
     folder = snapshot.weights_dir or snapshot.model_dir
-    tied = snapshot.config.get("tie_word_embeddings", True)
-    rules = [*family.MLM_WEIGHTS, *(family.MLM_TIED if tied else family.MLM_UNTIED)]
+    tied = family.MLM_TIED
+    if snapshot.converted is not None:  # an embzoo folder keeps the word embeddings under the backbone's name
+        tied = [CONVERTED_EMBEDDINGS, *(r for r in tied if r.target != CONVERTED_EMBEDDINGS.target)]
+    rules = [*family.MLM_WEIGHTS, *(tied if snapshot.config.get("tie_word_embeddings", True) else family.MLM_UNTIED)]
     backbone_keys = Drop("^(?!" + "|".join(re.sub(r"\(\?P<\w+>", "(?:", r.pattern[1:]) for r in rules) + ")")
     state = load_state(folder, [*rules, backbone_keys], expected, dtype=dtype, device=device)
     mlm.load_state_dict(state, strict=True, assign=True)

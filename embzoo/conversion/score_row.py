@@ -19,12 +19,19 @@ from embzoo.conversion.snapshot import Snapshot, SnapshotError, WeightFile, read
 
 LM_HEAD = re.compile(r"^lm_head\.weight$")
 EMBED_TOKENS = re.compile(r"^(?:model\.)?embed_tokens\.weight$")
+CONVERTED_ROW = "row"  # ScoreRowScorer's buffer, as an embzoo folder stores it
 # transformers' tie_word_embeddings default per config class, for the model types a yes/no reranker runs on
 TIED_BY_DEFAULT = {"llama": False, "mistral": False, "qwen2": False, "qwen3": False, "gemma": True}
 
 
 def score_row(snapshot: Snapshot, positive: int, negative: int | None) -> torch.Tensor:
-    """fp32 [D]: the LM head's row `positive` minus its row `negative` (None: the row itself), on CPU."""
+    """fp32 [D]: the LM head's row `positive` minus its row `negative` (None: the row itself), on CPU; an embzoo
+    folder stores the row itself (CONVERTED_ROW)."""
+    if snapshot.converted is not None:
+        files = [f for f in weight_files(snapshot.model_dir) if CONVERTED_ROW in f.shapes]
+        if not files:
+            raise SnapshotError(f"{snapshot.model_dir}: this embzoo folder has no {CONVERTED_ROW!r} tensor")
+        return dict(read_weights(files[0], [CONVERTED_ROW]))[CONVERTED_ROW].float()
     config = snapshot.config
     kind = config["model_type"]
     if kind not in TIED_BY_DEFAULT:

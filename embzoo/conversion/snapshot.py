@@ -109,6 +109,9 @@ class Snapshot:
     config: dict[str, Any]
     pipeline: PipelineSpec
     weights_dir: Path | None = None  # where the weights are when not in model_dir (a LoRA adapter's base model)
+    # an embzoo folder's config.json "embzoo" section (see embzoo.conversion.convert): the backbone (and
+    # classification head) are stored under their embzoo names; `config` is then the source's config.json
+    converted: dict[str, Any] | None = None
 
 
 def read_json(path: Path) -> Any:
@@ -233,10 +236,19 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
     return model_dir, PipelineSpec(**spec, dense=tuple(dense), tokenizer_max_length=_tokenizer_max_length(model_dir))
 
 
+CONVERTED_TYPE = "embzoo"  # config.json model_type of a folder `embzoo convert` wrote
+
+
 def read_snapshot(path: str | Path) -> Snapshot:
     root = Path(path)
     model_dir, pipeline = read_pipeline(root)
-    return Snapshot(root, model_dir, read_json(model_dir / "config.json"), pipeline)
+    config = read_json(model_dir / "config.json")
+    if config.get("model_type") != CONVERTED_TYPE:
+        return Snapshot(root, model_dir, config, pipeline)
+    section = config.get(CONVERTED_TYPE)
+    if not isinstance(section, dict) or not isinstance(section.get("config"), dict) or "arch" not in section:
+        raise SnapshotError(f"{model_dir}/config.json says model_type 'embzoo' but has no valid 'embzoo' section")
+    return Snapshot(root, model_dir, section["config"], pipeline, converted=section)
 
 
 def _shards(folder: Path, index_name: str) -> list[Path]:

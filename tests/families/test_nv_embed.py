@@ -256,3 +256,10 @@ def test_pooler_loading_is_strict(checkpoint, edit, message):
     save_file(sd, str(folder / "model.safetensors"))
     with pytest.raises(WeightMismatch, match=message):
         load_pooler(read_snapshot(folder))
+
+
+def test_embzoo_folder_reloads_bit_exactly(checkpoint, tmp_path):
+    from conftest import assert_round_trip
+
+    folder, _, _ = checkpoint  # the latent-attention pooler stays under its own names
+    assert_round_trip(folder, tmp_path / "converted", lambda m: m.encode(["hello world", "ok"], prompt="a b: "))

@@ -1,0 +1,1 @@
+"""embzoo as a backend of other frameworks (transformers' Auto classes, …)."""
