@@ -107,10 +107,11 @@ def convert_model(
     family = family_for(snap.config)
     claimed = [r for r in [*family.WEIGHTS, *family.HEADS[head_key(snap.config)]] if isinstance(r, Rule)]
     files = weight_files(snap.weights_dir or snap.model_dir)
-    kept = {}
+    kept, renamed = {}, {}
     for file in files:
         names = [n for n in file.shapes if not any(r.match(n) for r in claimed)]
         kept |= dict(read_weights(file, names))
+        renamed |= {n: list(s) for n, s in file.shapes.items() if n not in names}
     model_dir = out / snap.model_dir.relative_to(snap.root)
     copied = _copy_side_files(snap, out)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,7 @@ def convert_model(
         "dtype": dtype,
         "config": snap.config,
         "arch": backbone.cfg.to_dict(),
+        "renamed": renamed,  # the source tensors now under embzoo's names: {name: shape} (export inverts the rules)
     }
     config = {"model_type": CONVERTED_TYPE, "architectures": ["EmbzooModel"], CONVERTED_TYPE: section}
     (model_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
