@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, BertConfig, BertModel, ModernBertConfig, ModernBertModel
 
 import embzoo
+from embzoo.conversion.inspect import inspect_checkpoint
 
 TINY = dict(vocab_size=30524, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 # GTE-ModernColBERT's backbone in small: local layers with a window wide enough for every query token to see a key
@@ -294,3 +295,11 @@ def test_cli_embed_and_rerank_with_colbert(make_checkpoint, capsys):
     main(["demo", "--model", str(folder), "--device", "cpu", "--top-k", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert f"({DIM}-d multivector, cpu)" in lines[0] and len(lines) == 4
+
+
+def test_inspect_shows_the_stanford_projection(make_checkpoint):
+    folder, _, _ = stanford_folder(make_checkpoint, {"dim": DIM})
+    found = inspect_checkpoint(folder)
+    linear = next(r for r in found.rows if r.key == "linear.weight")
+    assert (linear.status, linear.param, linear.shape) == ("claimed", "colbert.linear.weight", (DIM, 32))
+    assert {r.status for r in found.rows} == {"claimed", "dropped"} and found.side_files == ("artifact.metadata",)
