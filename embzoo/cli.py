@@ -1,4 +1,4 @@
-"""Command line: `embzoo embed | rerank | list | demo | convert`."""
+"""Command line: `embzoo embed | rerank | list | demo | convert | inspect`."""
 
 from __future__ import annotations
 
@@ -162,6 +162,18 @@ def cmd_convert(args: argparse.Namespace) -> None:
         raise SystemExit(f"embzoo convert: {error}") from None
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from embzoo.config import UnsupportedConfig
+    from embzoo.conversion.inspect import format_inspection, inspect_checkpoint
+    from embzoo.conversion.snapshot import SnapshotError
+
+    try:
+        found = inspect_checkpoint(args.src)
+    except (UnsupportedConfig, SnapshotError) as error:  # no family for it, or no model folder: the reason
+        raise SystemExit(f"embzoo inspect: {error}") from None
+    print(json.dumps(found.to_dict(), indent=2) if args.json else format_inspection(found))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-model", default=DEFAULT_PEFT_BASE, help="with --lora-to-peft: base_model_name_or_path of the adapters"
     )
     convert.set_defaults(func=cmd_convert)
+
+    inspect = sub.add_parser(
+        "inspect",
+        help="how embzoo reads a checkpoint (for porting): family, ArchConfig, pipeline, the rule claiming each tensor",
+    )
+    inspect.add_argument("src", metavar="SRC", help="hub id or local folder")
+    inspect.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    inspect.set_defaults(func=cmd_inspect)
     return parser
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer, BertConfig, BertModel, ModernBertConfig, ModernBertModel
 
 import embzoo
+from embzoo.conversion.inspect import inspect_checkpoint
 
 TINY = dict(vocab_size=30524, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 # GTE-ModernColBERT's backbone in small: local layers with a window wide enough for every query token to see a key
@@ -306,3 +307,11 @@ def test_embzoo_folder_reloads_bit_exactly(make_checkpoint, tmp_path):
     }.items():
         run = lambda m: (*m.encode_query(QUERIES), *m.encode_document(DOCS))  # noqa: E731
         assert_round_trip(folder, tmp_path / f"{name}-converted", run)
+
+
+def test_inspect_shows_the_stanford_projection(make_checkpoint):
+    folder, _, _ = stanford_folder(make_checkpoint, {"dim": DIM})
+    found = inspect_checkpoint(folder)
+    linear = next(r for r in found.rows if r.key == "linear.weight")
+    assert (linear.status, linear.param, linear.shape) == ("claimed", "colbert.linear.weight", (DIM, 32))
+    assert {r.status for r in found.rows} == {"claimed", "dropped"} and found.side_files == ("artifact.metadata",)

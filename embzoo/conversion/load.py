@@ -32,7 +32,8 @@ def is_classifier(config: dict) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or ())
 
 
-def _shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+def param_shapes(module: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Every parameter and buffer of `module`'s state dict by name (with `prefix`) → its shape."""
     return {prefix + n: tuple(t.shape) for n, t in module.state_dict().items()}
 
 
@@ -64,12 +65,11 @@ def load_backbone(
         adapters = read_task_adapters(family, snapshot.model_dir, arch)
         if adapters is not None:  # scalings are folded into the factors: lora_alpha / lora_rank = 1
             arch = replace(arch, lora_tasks=adapters.tasks, lora_rank=adapters.rank, lora_alpha=adapters.rank)
-        head_rules = family.HEADS[head_key(snapshot.config)]
-        rules = [*family.WEIGHTS, *(head_rules if with_head else dropped(head_rules)), *ignore]
+        rules = [*weight_rules(family, snapshot.config, with_head), *ignore]
     with torch.device("meta"):
         backbone = Backbone(arch, attn_backend)
-        head = _head(family, snapshot.config, arch.hidden_size) if with_head else None
-    expected = _shapes(backbone) | (_shapes(head, HEAD_PREFIX) if head else {})
+        head = classification_head(family, snapshot.config, arch.hidden_size) if with_head else None
+    expected = param_shapes(backbone) | (param_shapes(head, HEAD_PREFIX) if head else {})
     side = adapters.state if adapters is not None else {}  # factors from the task adapter folders
     expected = {n: s for n, s in expected.items() if n not in side}
     folder = snapshot.weights_dir or snapshot.model_dir
@@ -82,12 +82,18 @@ def load_backbone(
     return backbone, head
 
 
+def weight_rules(family: ModuleType, config: dict, with_head: bool) -> list[Rule | Drop]:
+    """The family's weight table for a checkpoint with this config.json: WEIGHTS, and its classification-head rules
+    (filling head.*) when `with_head`, else those keys dropped."""
+    head_rules = family.HEADS[head_key(config)]
+    return [*family.WEIGHTS, *(head_rules if with_head else dropped(head_rules))]
+
+
 def weight_targets(snapshot: Snapshot, backbone: Backbone) -> list[Target]:
     """How the checkpoint's tensors fill `backbone`'s parameters (from names and shapes; no tensor data is read)."""
-    family = family_for(snapshot.config)
-    rules = [*family.WEIGHTS, *dropped(family.HEADS[head_key(snapshot.config)])]
+    rules = weight_rules(family_for(snapshot.config), snapshot.config, with_head=False)
     files = weight_files(snapshot.weights_dir or snapshot.model_dir)
-    return plan({n: s for f in files for n, s in f.shapes.items()}, rules, _shapes(backbone))
+    return plan({n: s for f in files for n, s in f.shapes.items()}, rules, param_shapes(backbone))
 
 
 def load_pooler(
@@ -103,14 +109,18 @@ def load_pooler(
         return None
     with torch.device("meta"):
         pooler = family.pooler(snapshot.config)
-    others = Drop("^(?!" + family.POOLER_PREFIX.removeprefix("^") + ")")  # the backbone's keys
-    rules = [*family.POOLER_WEIGHTS, others]
-    state = load_state(snapshot.weights_dir or snapshot.model_dir, rules, _shapes(pooler), dtype=dtype, device=device)
+    folder = snapshot.weights_dir or snapshot.model_dir
+    state = load_state(folder, pooler_rules(family), param_shapes(pooler), dtype=dtype, device=device)
     pooler.load_state_dict(state, strict=True, assign=True)
     return pooler
 
 
-def _head(family: ModuleType, config: dict, hidden_size: int) -> ClassificationHead:
+def pooler_rules(family: ModuleType) -> list[Rule | Drop]:
+    """A learned pooler's weight table: POOLER_WEIGHTS, and the keys outside POOLER_PREFIX (the backbone's) dropped."""
+    return [*family.POOLER_WEIGHTS, Drop("^(?!" + family.POOLER_PREFIX.removeprefix("^") + ")")]
+
+
+def classification_head(family: ModuleType, config: dict, hidden_size: int) -> ClassificationHead:
     """The family's classification head; `head_config(hf)` (optional) gives its options, else BERT's."""
     options = family.head_config(config) if hasattr(family, "head_config") else {}
     return ClassificationHead(hidden_size, num_labels(config), **options)
@@ -125,7 +135,7 @@ def load_dense(spec: DenseSpec, *, device: torch.device | str = "cpu") -> Dense:
     """A sentence-transformers Dense module from its folder, fp32 on `device`."""
     with torch.device("meta"):
         dense = Dense(spec.in_features, spec.out_features, spec.bias, dense_activation(spec.activation))
-    state = load_state(spec.path, DENSE_WEIGHTS, _shapes(dense), device=device)
+    state = load_state(spec.path, DENSE_WEIGHTS, param_shapes(dense), device=device)
     dense.load_state_dict(state, strict=True, assign=True)
     return dense
 

@@ -52,6 +52,7 @@ STANFORD_KEYS = {
 }
 STANFORD_MARKERS = {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
 STANFORD_LINEAR = r"^linear\.weight$"
+STANFORD_RULES = [Rule(STANFORD_LINEAR, "linear.weight"), Drop(r"^(?!linear\.weight$)")]  # the projection alone
 BGE_M3_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 BGE_M3_UNUSED = ("cls", "eos", "pad", "unk")  # special tokens FlagEmbedding leaves out of the sparse weights
 CONVERTED_EMBEDDINGS = Rule(r"^backbone\.embed\.tok\.weight$", "out.weight")  # a tied decoder in an embzoo folder
@@ -148,8 +149,7 @@ def colbert_head(snapshot: Snapshot, hidden_size: int, *, device: torch.device |
         raise SnapshotError(f"{folder}: a Stanford ColBERT checkpoint needs linear.weight [dim, {hidden_size}]")
     with torch.device("meta"):
         dense = Dense(hidden_size, shapes["linear.weight"][0], bias=False, activation=nn.Identity())
-    rules = [Rule(STANFORD_LINEAR, "linear.weight"), Drop("^(?!linear\\.weight$)")]
-    state = load_state(folder, rules, {"linear.weight": tuple(dense.linear.weight.shape)}, device=device)
+    state = load_state(folder, STANFORD_RULES, {"linear.weight": tuple(dense.linear.weight.shape)}, device=device)
     dense.load_state_dict(state, strict=True, assign=True)
     return MultiVectorHead([dense])
 

@@ -7,7 +7,8 @@ into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpo
 
 `plan` checks the correspondence from names and shapes alone (no tensor data) and returns the Targets;
 an `Assembly` then fills them as their source tensors arrive, in any order (a shard at a time);
-`apply` does both for tensors already in memory.
+`apply` does both for tensors already in memory. `plan`'s two steps, `claims` (the rules matching a key)
+and `assemble` (the targets the claimed keys make), also serve `embzoo inspect`, which reports instead of raising.
 """
 
 from __future__ import annotations
@@ -115,6 +116,70 @@ class Assembly:
             self.state[target.name] = target.finish(self.filling.pop(target.name)[0])
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A rule that matches a checkpoint key: the parameter it fills (None for a Drop) and, when the rule fuses
+    several keys into one parameter, the `fuse` group's value for this key."""
+
+    rule: Rule | Drop
+    target: str | None = None
+    part: str | None = None
+
+
+def claims(key: str, rules: Iterable[Rule | Drop]) -> list[Claim]:
+    """Every rule matching `key`: one for a key the table handles (none: left over; several: ambiguous)."""
+    found = []
+    for rule in rules:
+        m = rule.match(key)
+        if m is None:
+            continue
+        if isinstance(rule, Drop):
+            found.append(Claim(rule))
+        else:
+            part = m.group(rule.fuse[0]) if rule.fuse else None
+            found.append(Claim(rule, rule.target.format(**m.groupdict()), part))
+    return found
+
+
+def assemble(
+    claimed: Mapping[str, Claim], shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[dict[str, Target], dict[str, str]]:
+    """The Targets that keys, each claimed by one rule, make (dropped keys make none), by parameter name, and
+    what is wrong with each parameter that cannot be made (fused parts missing or not concatenating on dim 0,
+    several keys for one parameter, dim 0 not splitting into the reorder's chunks)."""
+    groups: dict[str, list[tuple[str, Claim]]] = {}
+    for key, claim in claimed.items():
+        if claim.target is not None:
+            groups.setdefault(claim.target, []).append((key, claim))
+    targets: dict[str, Target] = {}
+    problems: dict[str, str] = {}
+    for target, sources in groups.items():
+        rule = sources[0][1].rule
+        if rule.fuse:
+            by_part = {claim.part: key for key, claim in sources}
+            order = rule.fuse[1]
+            if sorted(by_part) != sorted(order) or len(sources) != len(order):
+                problems[target] = f"needs parts {list(order)}, found {sorted(by_part)}"
+                continue
+            keys = tuple(by_part[p] for p in order)
+        elif len(sources) > 1:
+            problems[target] = f"produced by several keys {[k for k, _ in sources]}"
+            continue
+        else:
+            keys = (sources[0][0],)
+        parts = [tuple(shapes[k]) for k in keys]
+        if len(parts) > 1 and any(not s or s[1:] != parts[0][1:] for s in parts):
+            problems[target] = f"parts {dict(zip(keys, parts, strict=True))} do not concatenate on dim 0"
+            continue
+        shape = (sum(s[0] for s in parts), *parts[0][1:]) if len(parts) > 1 else parts[0]
+        if rule.reorder and shape[0] % len(rule.reorder):
+            problems[target] = f"dim 0 of {shape} does not split into {len(rule.reorder)}"
+            continue
+        rows = tuple(p[0] for p in parts) if len(parts) > 1 else ()
+        targets[target] = Target(target, shape, keys, rows, rule.reorder)
+    return targets, problems
+
+
 def plan(
     shapes: Mapping[str, tuple[int, ...]],
     rules: Iterable[Rule | Drop],
@@ -127,49 +192,17 @@ def plan(
     everything missing, left over, ambiguous or misshapen. Keys matched by a Drop are in no Target.
     """
     rules = list(rules)
-    groups: dict[str, list[tuple[Rule, str, str | None]]] = {}
+    claimed: dict[str, Claim] = {}
     leftover, ambiguous = [], []
     for key in sorted(shapes):
-        hits = [(r, m) for r in rules if (m := r.match(key))]
-        if len(hits) > 1:
-            ambiguous.append(f"{key} (matches {[r.pattern for r, _ in hits]})")
-            continue
-        if not hits:
+        found = claims(key, rules)
+        if len(found) > 1:
+            ambiguous.append(f"{key} (matches {[c.rule.pattern for c in found]})")
+        elif not found:
             leftover.append(key)
-            continue
-        rule, m = hits[0]
-        if isinstance(rule, Drop):
-            continue
-        target = rule.target.format(**m.groupdict())
-        part = m.group(rule.fuse[0]) if rule.fuse else None
-        groups.setdefault(target, []).append((rule, key, part))
-
-    targets: dict[str, Target] = {}
-    problems: list[str] = []
-    for target, sources in groups.items():
-        rule = sources[0][0]
-        if rule.fuse:
-            by_part = {part: key for _, key, part in sources}
-            order = rule.fuse[1]
-            if sorted(by_part) != sorted(order) or len(sources) != len(order):
-                problems.append(f"{target}: needs parts {list(order)}, found {sorted(by_part)}")
-                continue
-            keys = tuple(by_part[p] for p in order)
-        elif len(sources) > 1:
-            problems.append(f"{target}: produced by several keys {[k for _, k, _ in sources]}")
-            continue
         else:
-            keys = (sources[0][1],)
-        parts = [tuple(shapes[k]) for k in keys]
-        if len(parts) > 1 and any(not s or s[1:] != parts[0][1:] for s in parts):
-            problems.append(f"{target}: parts {dict(zip(keys, parts, strict=True))} do not concatenate on dim 0")
-            continue
-        shape = (sum(s[0] for s in parts), *parts[0][1:]) if len(parts) > 1 else parts[0]
-        if rule.reorder and shape[0] % len(rule.reorder):
-            problems.append(f"{target}: dim 0 of {shape} does not split into {len(rule.reorder)}")
-            continue
-        rows = tuple(p[0] for p in parts) if len(parts) > 1 else ()
-        targets[target] = Target(target, shape, keys, rows, rule.reorder)
+            claimed[key] = found[0]
+    targets, problems = assemble(claimed, shapes)
 
     produced = {name: t.shape for name, t in targets.items()}
     missing = sorted(set(expected) - set(produced))
@@ -185,7 +218,7 @@ def plan(
         ("produced but not model parameters", unexpected),
         ("ambiguous (several rules match)", ambiguous),
         ("wrong shape", misshapen),
-        ("inconsistent", problems),
+        ("inconsistent", [f"{target}: {problem}" for target, problem in problems.items()]),
     ]
     if any(items for _, items in report):
         lines = [f"  {title}: {items}" for title, items in report if items]

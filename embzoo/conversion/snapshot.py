@@ -69,6 +69,9 @@ HUB_IGNORE = ["consolidated*"]  # Mistral's original-format copy of the weights,
 
 LEGACY_NORM_NAME = re.compile(r"(?<=LayerNorm\.)(gamma|beta)$")
 LEGACY_NORM_PARAMS = {"gamma": "weight", "beta": "bias"}
+# safetensors' dtype codes → torch's names (codes not listed are shown as they are)
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64"}
+SAFETENSORS_DTYPES |= {"I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 class SnapshotError(FileNotFoundError):
@@ -263,6 +266,7 @@ class WeightFile:
     path: Path
     shapes: dict[str, tuple[int, ...]]  # by tensor name (TF-era gamma/beta renamed weight/bias)
     stored: dict[str, str]  # tensor name → the key in the file
+    dtypes: dict[str, str]  # by tensor name: the stored dtype as torch names it ("float32", "bfloat16", ...)
 
 
 def weight_files(folder: Path) -> list[WeightFile]:
@@ -278,12 +282,17 @@ def weight_files(folder: Path) -> list[WeightFile]:
 def _header(file: Path) -> WeightFile:
     if file.suffix == ".safetensors":
         with safe_open(str(file), framework="pt") as handle:
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+            slices = {key: handle.get_slice(key) for key in handle.keys()}  # noqa: SIM118
+            shapes = {key: tuple(s.get_shape()) for key, s in slices.items()}
+            dtypes = {key: SAFETENSORS_DTYPES.get(s.get_dtype(), s.get_dtype()) for key, s in slices.items()}
     else:  # a meta map_location builds the tensors without their data
-        shapes = {key: tuple(t.shape) for key, t in torch.load(file, map_location="meta", weights_only=True).items()}
+        state = torch.load(file, map_location="meta", weights_only=True)
+        shapes = {key: tuple(t.shape) for key, t in state.items()}
+        dtypes = {key: str(t.dtype).removeprefix("torch.") for key, t in state.items()}
     # TF-era checkpoints name LayerNorm parameters gamma/beta; transformers renames them on load too
     stored = {LEGACY_NORM_NAME.sub(lambda m: LEGACY_NORM_PARAMS[m.group(1)], key): key for key in shapes}
-    return WeightFile(file, {name: shapes[key] for name, key in stored.items()}, stored)
+    by_name = {name: (shapes[key], dtypes[key]) for name, key in stored.items()}
+    return WeightFile(file, {n: s for n, (s, _) in by_name.items()}, stored, {n: d for n, (_, d) in by_name.items()})
 
 
 def read_weights(file: WeightFile, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:

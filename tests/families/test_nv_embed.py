@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, MistralConfig, MistralModel
 import embzoo
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import nv_embed
+from embzoo.conversion.inspect import inspect_checkpoint
 from embzoo.conversion.load import load_pooler
 from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import read_snapshot
@@ -263,3 +264,19 @@ def test_embzoo_folder_reloads_bit_exactly(checkpoint, tmp_path):
 
     folder, _, _ = checkpoint  # the latent-attention pooler stays under its own names
     assert_round_trip(folder, tmp_path / "converted", lambda m: m.encode(["hello world", "ok"], prompt="a b: "))
+
+
+def test_inspect_reads_the_pooler_table_beside_the_backbone(checkpoint):
+    folder, _, _ = checkpoint
+    sd = load_file(str(folder / "model.safetensors"))
+    sd.pop(PREFIX + "latents")
+    save_file(sd | {PREFIX + "extra.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
+    rows = inspect_checkpoint(folder).rows
+    keyed = {r.key: r for r in rows}
+    up = keyed[BLOCK + "1.fn.net.0.weight"]
+    assert (up.status, up.param, up.note) == ("claimed", "pooler.mlp.up.weight", "chunks reordered (1, 0)")
+    assert keyed["embedding_model.layers.1.self_attn.k_proj.weight"].param == "layers.1.attn.qkv.weight"
+    extra = keyed[PREFIX + "extra.weight"]  # the backbone drops the pooler's keys; the pooler table has no rule
+    assert (extra.status, extra.note) == ("UNCLAIMED", "no rule in the pooler table")
+    assert [(r.status, r.param) for r in rows if r.key is None] == [("MISSING", "pooler.latents")]
+    assert {r.status for r in rows if r.key not in (None, PREFIX + "extra.weight")} == {"claimed"}
