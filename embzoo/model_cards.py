@@ -208,6 +208,7 @@ def kind(entry: CatalogEntry) -> str:
 
 
 def is_reranker(entry: CatalogEntry) -> bool:
+    """Whether load() returns a reranker (one score per pair) for the entry."""
     return kind(entry) in ("cross-encoder", "yes/no", "listwise")
 
 
@@ -217,7 +218,8 @@ def is_matryoshka(entry: CatalogEntry) -> bool:
 
 
 def _st_support(entry: CatalogEntry) -> str:
-    """ "remote" or "plain" where sentence-transformers loads the model, else a key of NOT_SENTENCE_TRANSFORMERS."""
+    """How sentence-transformers runs the model: "remote" (trust_remote_code) or "plain", else a key of
+    NOT_SENTENCE_TRANSFORMERS (it does not)."""
     k = kind(entry)
     if k in ("colbert", "listwise"):
         return k
