@@ -70,7 +70,9 @@ REMOTE_CODE_MODELS = ("Alibaba-NLP/gte-Qwen2-1.5B-instruct", "Alibaba-NLP/gte-Qw
 NOT_SENTENCE_TRANSFORMERS = {
     "llm2vec": "sentence-transformers does not load LLM2Vec models; their reference is the `llm2vec` package "
     "(`LLM2Vec.from_pretrained`), which builds the inputs as embzoo's recipe does.",
-    "colbert": "sentence-transformers does not produce ColBERT's per-token vectors; the reference is PyLate: "
+    "colbert": "sentence-transformers 6 loads PyLate and Stanford ColBERT checkpoints as a MultiVectorEncoder "
+    '(`from sentence_transformers import MultiVectorEncoder; MultiVectorEncoder("$id")`, then `encode_query` / '
+    "`encode_document`; tests/test_colbert.py compares embzoo with it); the reference is PyLate: "
     '`from pylate import models; models.ColBERT(model_name_or_path="$id")`.',
     "generative": "sentence-transformers' CrossEncoder does not run this generative checkpoint as published; its "
     "reference is the code on its Hub card.",
