@@ -1,4 +1,4 @@
-"""Command line: `embzoo embed | rerank | list | demo | convert`."""
+"""Command line: `embzoo embed | rerank | list | demo | convert | export`."""
 
 from __future__ import annotations
 
@@ -160,6 +160,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(folder)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from embzoo.conversion.export import export_sentence_transformers
+
+    try:
+        exported = export_sentence_transformers(args.model, Path(args.dst), recipe=args.recipe, dtype=args.dtype)
+    except ValueError as error:  # what the layout cannot express, or a checkpoint transformers cannot read
+        raise SystemExit(f"embzoo export: {error}") from None
+    print(exported.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-model", default=DEFAULT_PEFT_BASE, help="base_model_name_or_path written into adapter_config.json"
     )
     convert.set_defaults(func=cmd_convert)
+
+    export = sub.add_parser("export", help="write an embedder in another library's layout (sentence-transformers)")
+    export.add_argument("dst", metavar="DST", help="new folder to write")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["sentence-transformers"],
+        help="sentence-transformers: the legacy folder layout that sentence-transformers, TEI and vLLM read",
+    )
+    export.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
+    export.add_argument("--recipe", default=None, help="catalog id whose recipe applies to a local copy (--model)")
+    export.add_argument(
+        "--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: the checkpoint's"
+    )
+    export.set_defaults(func=cmd_export)
     return parser
 
 
