@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_QWEN3, add_dense, no_type_ids, write_st_layout
+from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
@@ -31,6 +32,7 @@ from transformers import (
     NomicBertModel,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3Model,
     XLMRobertaConfig,
     XLMRobertaModel,
 )
@@ -198,6 +200,25 @@ def test_bfloat16_export(bert_folder, tmp_path):
     assert json.loads((dst / "config.json").read_text())["dtype"] == "bfloat16"
     want = embzoo.load(bert_folder, device="cpu").encode(TEXTS)
     np.testing.assert_allclose(embzoo.load(dst, device="cpu").encode(TEXTS), want, atol=2e-2)
+
+
+def test_a_lora_adapter_is_exported_merged(make_checkpoint, tmp_path):
+    """An adapter folder as SRC: the export holds the base weights with the LoRA merged, as peft merges it."""
+    base, model = make_checkpoint(Qwen3Model, Qwen3Config(**TINY_QWEN3), noise=0.2)
+    write_st_layout(base, {"word_embedding_dimension": 32, "pooling_mode_lasttoken": True}, True, 64)
+    torch.manual_seed(1)
+    lora = LoraConfig(target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"], init_lora_weights=False, r=4)
+    peft_model = get_peft_model(model, lora)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(
+        json.dumps(config | {"base_model_name_or_path": str(base)})
+    )
+    dst = exported(tmp_path / "adapter", tmp_path)
+    assert_same_vectors(tmp_path / "adapter", dst)
+    merged = peft_model.merge_and_unload().state_dict()
+    for name, tensor in load_file(dst / "model.safetensors").items():
+        torch.testing.assert_close(tensor, merged[name], atol=1e-6, rtol=0)
 
 
 def test_bge_m3_exports_its_dense_vectors(make_checkpoint, tmp_path):
