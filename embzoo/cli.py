@@ -1,4 +1,4 @@
-"""Command line: `embzoo embed | rerank | list | demo | convert | inspect`."""
+"""Command line: `embzoo embed | rerank | list | demo | convert | export | inspect`."""
 
 from __future__ import annotations
 
@@ -174,6 +174,16 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(found.to_dict(), indent=2) if args.json else format_inspection(found))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from embzoo.conversion.export import export_sentence_transformers
+
+    try:
+        exported = export_sentence_transformers(args.model, Path(args.dst), recipe=args.recipe, dtype=args.dtype)
+    except ValueError as error:  # what the layout cannot express, or a checkpoint transformers cannot read
+        raise SystemExit(f"embzoo export: {error}") from None
+    print(exported.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +267,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("src", metavar="SRC", help="hub id or local folder")
     inspect.add_argument("--json", action="store_true", help="print everything as one JSON object")
     inspect.set_defaults(func=cmd_inspect)
+
+    export = sub.add_parser("export", help="write an embedder in another library's layout (sentence-transformers)")
+    export.add_argument("dst", metavar="DST", help="new folder to write")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=["sentence-transformers"],
+        help="sentence-transformers: the legacy folder layout that sentence-transformers, TEI and vLLM read",
+    )
+    export.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
+    export.add_argument("--recipe", default=None, help="catalog id whose recipe applies to a local copy (--model)")
+    export.add_argument(
+        "--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: the checkpoint's"
+    )
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +49,28 @@ def write_st_layout(folder: Path, pooling: dict, normalize: bool, max_seq_length
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length}))
     if st_config:
         (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+
+
+IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def add_dense(
+    folder: Path, index: int, in_features: int, out_features: int, seed: int, bias: bool = False, activation=IDENTITY
+) -> None:
+    """Insert a random Dense module at modules.json position `index` (folder {index}_Dense), e.g. before Normalize
+    as EmbeddingGemma's bias-free Identity 2_Dense / 3_Dense."""
+    name = f"{index}_Dense"
+    (folder / name).mkdir()
+    cfg = {"in_features": in_features, "out_features": out_features, "bias": bias, "activation_function": activation}
+    (folder / name / "config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(seed)
+    weights = {"linear.weight": torch.randn(out_features, in_features) * 0.2}
+    if bias:
+        weights["linear.bias"] = torch.randn(out_features) * 0.1
+    save_file(weights, folder / name / "model.safetensors")
+    modules = json.loads((folder / "modules.json").read_text())
+    modules.insert(index, {"path": name, "type": "sentence_transformers.models.Dense"})
+    (folder / "modules.json").write_text(json.dumps([m | {"idx": i, "name": str(i)} for i, m in enumerate(modules)]))
 
 
 def save_checkpoint(model: torch.nn.Module, folder: Path, tokenizer_dir: Path, **save_kwargs) -> Path:

@@ -2,13 +2,9 @@
 an EmbeddingGemma-like model (bidirectional Gemma3, mean pooling, two bias-free Identity Dense layers,
 Normalize, task prompts) and a Qwen3-Embedding-like one (causal, last token, Matryoshka)."""
 
-import json
-
 import numpy as np
 import pytest
-import torch
-from conftest import TINY_QWEN3, write_st_layout
-from safetensors.torch import save_file
+from conftest import TINY_QWEN3, add_dense, write_st_layout
 from sentence_transformers import SentenceTransformer
 from transformers import Gemma3TextConfig, Gemma3TextModel, Qwen3Config, Qwen3Model
 
@@ -16,20 +12,6 @@ import embzoo
 
 TEXTS = ["what is rope?", "a", "rotary position embeddings rotate query and key vectors by position", "x y z"]
 GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: none | text: "}
-IDENTITY = "torch.nn.modules.linear.Identity"
-
-
-def add_dense(folder, index: int, in_features: int, out_features: int, seed: int) -> None:
-    """Insert a bias-free Identity Dense module before Normalize, as EmbeddingGemma's 2_Dense / 3_Dense."""
-    name = f"{index}_Dense"
-    (folder / name).mkdir()
-    cfg = {"in_features": in_features, "out_features": out_features, "bias": False, "activation_function": IDENTITY}
-    (folder / name / "config.json").write_text(json.dumps(cfg))
-    torch.manual_seed(seed)
-    save_file({"linear.weight": torch.randn(out_features, in_features) * 0.2}, folder / name / "model.safetensors")
-    modules = json.loads((folder / "modules.json").read_text())
-    modules.insert(index, {"path": name, "type": "sentence_transformers.models.Dense"})
-    (folder / "modules.json").write_text(json.dumps([m | {"idx": i, "name": str(i)} for i, m in enumerate(modules)]))
 
 
 @pytest.fixture

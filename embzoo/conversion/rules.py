@@ -7,8 +7,8 @@ into embzoo's [gate; up]). Drop marks checkpoint keys that are consumed on purpo
 
 `plan` checks the correspondence from names and shapes alone (no tensor data) and returns the Targets;
 an `Assembly` then fills them as their source tensors arrive, in any order (a shard at a time);
-`apply` does both for tensors already in memory. `plan`'s two steps, `claims` (the rules matching a key)
-and `assemble` (the targets the claimed keys make), also serve `embzoo inspect`, which reports instead of raising.
+`plan`'s two steps, `claims` (the rules matching a key) and `assemble` (the targets the claimed keys make), also
+serve `embzoo inspect`, which reports instead of raising. `Target.source_tensors` runs a Target backwards (export).
 """
 
 from __future__ import annotations
@@ -82,6 +82,16 @@ class Target:
             return out
         chunks = out.chunk(len(self.reorder), dim=0)
         return torch.cat([chunks[i] for i in self.reorder], dim=0)
+
+    def source_tensors(self, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The inverse of filling and `finish`: each source key's tensor, from `tensor` in the model's layout (the
+        chunk reorder undone, fused parts split by `rows`; views of `tensor` when there is no reorder)."""
+        if self.reorder:
+            chunks = tensor.chunk(len(self.reorder), dim=0)
+            undo = sorted(range(len(self.reorder)), key=self.reorder.__getitem__)
+            tensor = torch.cat([chunks[i] for i in undo], dim=0)
+        parts = tensor.split(list(self.rows), dim=0) if self.rows else (tensor,)
+        return dict(zip(self.sources, parts, strict=True))
 
 
 class Assembly:

@@ -45,3 +45,24 @@ def test_plan_sizes_fused_targets_from_shapes_alone():
         plan(shapes, rules, {"qk": (4, 3)})
     with pytest.raises(WeightMismatch, match=r"inconsistent: .*qk: parts .* do not concatenate on dim 0"):
         plan({"a.k": (1, 4), "a.q": (2, 3)}, rules, {"qk": (3, 3)})
+
+
+def test_source_tensors_undo_fusion_and_reorder_exactly():
+    """Export runs each Target backwards: uneven fused parts split by rows, then a chunk reorder undone."""
+    g = torch.Generator().manual_seed(0)
+    state = {f"{p}.w": torch.randn(n, 2, generator=g) for p, n in (("q", 4), ("k", 2), ("v", 2))}
+    state |= {"up_gate": torch.randn(6, 2, generator=g), "a.up": torch.randn(2, 3, generator=g)}
+    state |= {"a.gate": torch.randn(2, 3, generator=g)}
+    rules = [
+        Rule(r"^(?P<p>q|k|v)\.w$", "qkv", fuse=("p", ("q", "k", "v"))),
+        Rule(r"^up_gate$", "gate_up", reorder=(1, 2, 0)),  # not its own inverse
+        Rule(r"^a\.(?P<p>up|gate)$", "gu", fuse=("p", ("up", "gate")), reorder=(1, 0)),
+    ]
+    targets = plan(
+        {k: tuple(t.shape) for k, t in state.items()}, rules, {"qkv": (8, 2), "gate_up": (6, 2), "gu": (4, 3)}
+    )
+    built = run(state, rules, {t.name: t.shape for t in targets})
+    back = {k: t for target in targets for k, t in target.source_tensors(built[target.name]).items()}
+    assert back.keys() == state.keys()
+    for key, tensor in state.items():
+        assert torch.equal(back[key], tensor), key
