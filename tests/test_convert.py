@@ -84,3 +84,15 @@ def test_automodel_on_a_converted_cross_encoder_gives_its_logits(make_checkpoint
     assert np.allclose(logits.numpy(), want, atol=1e-6)
     with pytest.raises(ValueError, match="Unrecognized configuration class"):
         AutoModelForSequenceClassification.from_pretrained(tmp_path / "ce")  # only AutoModel is registered
+
+
+def test_a_converted_folder_exports_the_same_sentence_transformers_folder(minilm_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from embzoo.conversion.export import export_sentence_transformers
+
+    convert_model(minilm_dir, tmp_path / "conv")
+    export_sentence_transformers(minilm_dir, tmp_path / "from-source")
+    export_sentence_transformers(tmp_path / "conv", tmp_path / "from-converted")
+    a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("from-source", "from-converted"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

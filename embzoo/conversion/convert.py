@@ -19,7 +19,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from embzoo.conversion.load import load_backbone
+from embzoo.conversion.load import load_backbone, weight_rules
 from embzoo.conversion.rules import Rule
 from embzoo.conversion.score_row import CONVERTED_ROW
 from embzoo.conversion.snapshot import (
@@ -32,7 +32,7 @@ from embzoo.conversion.snapshot import (
     weight_files,
 )
 from embzoo.conversion.task_lora_peft import expand, write_task_adapters
-from embzoo.registry import family_for, head_key
+from embzoo.registry import family_for
 
 
 def convert_lora_to_peft(src: str | Path, dst: Path, base_model: str) -> list[Path]:
@@ -105,7 +105,8 @@ def convert_model(
     module = model.model if hasattr(model, "model") else model.scorer
     state = {k: v for k, v in module.state_dict().items() if k.startswith(CANONICAL_PREFIXES) or k == CONVERTED_ROW}
     family = family_for(snap.config)
-    claimed = [r for r in [*family.WEIGHTS, *family.HEADS[head_key(snap.config)]] if isinstance(r, Rule)]
+    with_head = any(k.startswith("head.") for k in state)  # an embedder keeps an unused head's tensors as stored
+    claimed = [r for r in weight_rules(family, snap.config, with_head) if isinstance(r, Rule)]
     files = weight_files(snap.weights_dir or snap.model_dir)
     kept, renamed = {}, {}
     for file in files:

@@ -90,10 +90,14 @@ def weight_rules(family: ModuleType, config: dict, with_head: bool) -> list[Rule
 
 
 def weight_targets(snapshot: Snapshot, backbone: Backbone) -> list[Target]:
-    """How the checkpoint's tensors fill `backbone`'s parameters (from names and shapes; no tensor data is read)."""
+    """How the checkpoint's tensors fill `backbone`'s parameters (from names and shapes; no tensor data is read); for
+    an embzoo folder, how its source checkpoint's did (the names and shapes it recorded)."""
     rules = weight_rules(family_for(snapshot.config), snapshot.config, with_head=False)
-    files = weight_files(snapshot.weights_dir or snapshot.model_dir)
-    return plan({n: s for f in files for n, s in f.shapes.items()}, rules, param_shapes(backbone))
+    if snapshot.converted is not None:
+        shapes = {n: tuple(s) for n, s in snapshot.converted["renamed"].items()}
+    else:
+        shapes = {n: s for f in weight_files(snapshot.weights_dir or snapshot.model_dir) for n, s in f.shapes.items()}
+    return plan(shapes, rules, param_shapes(backbone))
 
 
 def load_pooler(
