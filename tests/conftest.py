@@ -116,6 +116,22 @@ TINY_QWEN3 = dict(
 )
 
 
+# EmbeddingGemma in small: bidirectional Gemma3 with sliding layers (window 8: |i - j| <= 4, shorter than long texts)
+TINY_GEMMA3 = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    query_pre_attn_scalar=16,
+    sliding_window=8,
+    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    use_bidirectional_attention=True,
+)
+
+
 def ragged_ids(lengths, vocab, seed=0, low=5) -> list[list[int]]:
     """Random token-id lists of the given lengths (ids from `low` up, clear of special and pad ids)."""
     g = torch.Generator().manual_seed(seed)

@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_QWEN3, add_dense, no_type_ids, write_st_layout
+from conftest import TINY_GEMMA3, TINY_QWEN3, add_dense, no_type_ids, write_st_layout
+from families.test_jina_xlm_roberta import RENAMES  # transformers' XLM-R names → jina's flash layout
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -148,19 +149,7 @@ FAMILIES = [
     ),
     pytest.param(  # EmbeddingGemma-like: bidirectional, with sliding layers
         Gemma3TextModel,
-        Gemma3TextConfig(
-            vocab_size=30522,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            query_pre_attn_scalar=16,
-            sliding_window=8,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            use_bidirectional_attention=True,
-        ),  # fmt: skip
+        Gemma3TextConfig(**TINY_GEMMA3),
         {"pooling_mode_mean_tokens": True},
         id="gemma3",
     ),
@@ -299,22 +288,12 @@ def test_refuses_checkpoints_transformers_does_not_read(make_checkpoint, tmp_pat
         exported(folder, tmp_path)
 
 
-FLASH_NAMES = [
-    (r"embeddings\.LayerNorm\.", "emb_ln."),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"encoder.layers.\1.mixer.out_proj."),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"encoder.layers.\1.norm1."),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.", r"encoder.layers.\1.mlp.fc1."),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.", r"encoder.layers.\1.mlp.fc2."),
-    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"encoder.layers.\1.norm2."),
-]
-
-
 def to_flash_names(folder):
     """An XLMRobertaModel folder rewritten in the flash layout of jina's remote code (mixer.Wqkv = [Q; K; V])."""
     sd, out = load_file(folder / "model.safetensors"), {}
     for key, tensor in sd.items():
         if ".attention.self." not in key:
-            out[functools.reduce(lambda k, rule: re.sub(*rule, k), FLASH_NAMES, key)] = tensor
+            out[functools.reduce(lambda k, rule: re.sub(*rule, k), RENAMES, key)] = tensor
     for i in range(SIZES["num_hidden_layers"]):
         for p in ("weight", "bias"):
             parts = [sd[f"encoder.layer.{i}.attention.self.{n}.{p}"] for n in ("query", "key", "value")]

@@ -4,7 +4,7 @@ Normalize, task prompts) and a Qwen3-Embedding-like one (causal, last token, Mat
 
 import numpy as np
 import pytest
-from conftest import TINY_QWEN3, add_dense, write_st_layout
+from conftest import TINY_GEMMA3, TINY_QWEN3, add_dense, write_st_layout
 from sentence_transformers import SentenceTransformer
 from transformers import Gemma3TextConfig, Gemma3TextModel, Qwen3Config, Qwen3Model
 
@@ -16,19 +16,7 @@ GEMMA_PROMPTS = {"query": "task: search result | query: ", "document": "title: n
 
 @pytest.fixture
 def gemma_folder(make_checkpoint):
-    config = Gemma3TextConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=8,  # bidirectional: |i - j| <= 4, shorter than the longer texts
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        use_bidirectional_attention=True,
-    )
+    config = Gemma3TextConfig(**TINY_GEMMA3)
     folder, _ = make_checkpoint(Gemma3TextModel, config, noise=0.5)
     write_st_layout(folder, {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, True, 64,
                     prompts=GEMMA_PROMPTS)  # fmt: skip
