@@ -96,3 +96,14 @@ def test_a_converted_folder_exports_the_same_sentence_transformers_folder(minilm
     export_sentence_transformers(tmp_path / "conv", tmp_path / "from-converted")
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("from-source", "from-converted"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_inspect_reads_an_embzoo_folder(minilm_dir, tmp_path):
+    from embzoo.conversion.inspect import inspect_checkpoint
+
+    convert_model(minilm_dir, tmp_path / "m")
+    rows = inspect_checkpoint(tmp_path / "m").rows
+    statuses = {r.status for r in rows}
+    assert statuses == {"claimed", "dropped"}  # every renamed tensor fills its own parameter, nothing missing
+    qkv = next(r for r in rows if r.key == "backbone.layers.0.attn.qkv.weight")
+    assert qkv.param == "layers.0.attn.qkv.weight"

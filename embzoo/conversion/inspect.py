@@ -23,11 +23,11 @@ import torch
 from embzoo.config import ArchConfig, UnsupportedConfig
 from embzoo.conversion.load import (
     HEAD_PREFIX,
+    checkpoint_rules,
     classification_head,
     is_classifier,
     param_shapes,
     pooler_rules,
-    weight_rules,
 )
 from embzoo.conversion.output_heads import STANFORD_LINEAR, STANFORD_RULES, is_stanford_colbert
 from embzoo.conversion.peft import adapter_snapshot, is_adapter
@@ -100,7 +100,9 @@ def inspect_checkpoint(src: str | Path) -> Inspection:
     snap = adapter_snapshot(root)[0] if is_adapter(root) else read_snapshot(root)
     family = family_for(snap.config)
     try:
-        arch, arch_error = family.to_arch(snap.config), None
+        converted = snap.converted is not None  # an embzoo folder states its ArchConfig
+        arch = ArchConfig.from_dict(snap.converted["arch"]) if converted else family.to_arch(snap.config)
+        arch_error = None
     except UnsupportedConfig as error:
         arch, arch_error = None, str(error)
     files = weight_files(snap.weights_dir or snap.model_dir)
@@ -123,7 +125,7 @@ def _tables(snap: Snapshot, family: ModuleType, arch: ArchConfig | None, shapes:
         expected = param_shapes(backbone) | (param_shapes(head, HEAD_PREFIX) if head else {})
     stanford = is_stanford_colbert(snap)
     ignore = [Drop(STANFORD_LINEAR)] if stanford else []  # as embzoo.load: the ColBERT projection is read apart
-    tables = [_Table("backbone", [*weight_rules(family, snap.config, with_head), *ignore], expected)]
+    tables = [_Table("backbone", checkpoint_rules(snap, family, with_head, ignore), expected)]
     if hasattr(family, "pooler"):
         with torch.device("meta"):
             pooler = family.pooler(snap.config)

@@ -59,13 +59,12 @@ def load_backbone(
     with_head = is_classifier(snapshot.config) if with_head is None else with_head
     if snapshot.converted is not None:  # an embzoo folder: its ArchConfig and its own parameter names
         arch, adapters = ArchConfig.from_dict(snapshot.converted["arch"]), None
-        rules = [*CONVERTED_BACKBONE, CONVERTED_HEAD if with_head else Drop(CONVERTED_HEAD.pattern), CONVERTED_OTHERS]
     else:
         arch = family.to_arch(snapshot.config)
         adapters = read_task_adapters(family, snapshot.model_dir, arch)
         if adapters is not None:  # scalings are folded into the factors: lora_alpha / lora_rank = 1
             arch = replace(arch, lora_tasks=adapters.tasks, lora_rank=adapters.rank, lora_alpha=adapters.rank)
-        rules = [*weight_rules(family, snapshot.config, with_head), *ignore]
+    rules = checkpoint_rules(snapshot, family, with_head, ignore)
     with torch.device("meta"):
         backbone = Backbone(arch, attn_backend)
         head = classification_head(family, snapshot.config, arch.hidden_size) if with_head else None
@@ -87,6 +86,16 @@ def weight_rules(family: ModuleType, config: dict, with_head: bool) -> list[Rule
     (filling head.*) when `with_head`, else those keys dropped."""
     head_rules = family.HEADS[head_key(config)]
     return [*family.WEIGHTS, *(head_rules if with_head else dropped(head_rules))]
+
+
+def checkpoint_rules(
+    snapshot: Snapshot, family: ModuleType, with_head: bool, ignore: Sequence[Drop] = ()
+) -> list[Rule | Drop]:
+    """The rules reading the backbone (and classification head) from the snapshot's weights: the family's table
+    (and `ignore`: keys another loader reads), or an embzoo folder's own names."""
+    if snapshot.converted is not None:
+        return [*CONVERTED_BACKBONE, CONVERTED_HEAD if with_head else Drop(CONVERTED_HEAD.pattern), CONVERTED_OTHERS]
+    return [*weight_rules(family, snapshot.config, with_head), *ignore]
 
 
 def weight_targets(snapshot: Snapshot, backbone: Backbone) -> list[Target]:
