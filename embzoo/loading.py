@@ -125,13 +125,7 @@ def load(
     root = catalog.bundled_model_path() if name_or_path is None else resolve(name_or_path, revision)
     snap, chain = adapter_snapshot(root) if is_adapter(root) else (read_snapshot(root), [])
     if snap.converted is not None:
-        if chain or adapters:
-            raise ValueError(
-                f"{root} is an embzoo folder: adapters are merged before converting (embzoo.load(source, "
-                "adapters=[...]) then embzoo convert), not onto a converted folder"
-            )
-        if entry is None and snap.converted.get("recipe"):
-            entry = catalog.lookup(snap.converted["recipe"])
+        entry = entry or _stored_recipe(snap, root, bool(chain or (adapters and not named)), config_overrides)
     if entry is None and (entry := catalog.by_architecture(snap.config)) is not None:
         log.info("%s: its architectures identify %s; loading with its recipe", root, entry.hub_id)
     merge = lora_transform([*chain, *(resolve(a) for a in ([] if named else adapters))])
@@ -216,6 +210,30 @@ class Origin:
 def _with_origin(model: Embedder | Ranker, snap: Snapshot, entry: catalog.CatalogEntry | None) -> Embedder | Ranker:
     model.origin = Origin(snap, entry.hub_id if entry is not None else None)
     return model
+
+
+def _stored_recipe(
+    snap: Snapshot, root: Path, merging: bool, config_overrides: dict[str, Any] | None
+) -> catalog.CatalogEntry | None:
+    """The catalog recipe an embzoo folder was converted with; refuses what its fixed weights and ArchConfig cannot
+    take (adapters to merge, config overrides)."""
+    if merging or config_overrides:
+        what = "adapters=[...] to merge" if merging else "config_overrides"
+        raise ValueError(
+            f"{root} is an embzoo folder: its weights and ArchConfig are fixed, so {what} apply when converting: "
+            "convert the source with them (embzoo.conversion.convert.convert_model(source, dst, ...)); named "
+            "adapters (adapters={name: folder}) do load onto it"
+        )
+    recipe = snap.converted.get("recipe")
+    if recipe is None:
+        return None
+    entry = catalog.lookup(recipe)
+    if entry is None:
+        raise ValueError(
+            f"{root} was converted with the recipe {recipe!r}, which this embzoo's catalog lacks; pass another "
+            "with embzoo.load(folder, recipe=...)"
+        )
+    return entry
 
 
 def _named_adapters(snap: Snapshot, backbone: Backbone, folders: Mapping[str, str | Path]) -> NamedLoRA:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import assert_round_trip
 from test_rerank import DOCS, QUERY, bert_checkpoint
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
 import embzoo
 from embzoo.cli import main
@@ -16,6 +16,9 @@ from embzoo.conversion.convert import convert_model
 from embzoo.integrations.transformers import EmbzooConfig, EmbzooModel
 
 TEXTS = ["hello world", "a cat sat on the mat, then left", ""]
+BERT_CONFIG = BertConfig(
+    vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
 
 
 def test_minilm_folder_reloads_bit_exactly_with_its_pipeline(minilm_dir, tmp_path):
@@ -43,8 +46,53 @@ def test_refusals(minilm_dir, tmp_path):
         convert_model(minilm_dir, tmp_path / "a")
     with pytest.raises(ValueError, match="already an embzoo folder"):
         convert_model(tmp_path / "a", tmp_path / "b")
-    with pytest.raises(ValueError, match="adapters are merged before converting"):
-        embzoo.load(tmp_path / "a", adapters=[str(minilm_dir)])
+    for option in ({"adapters": [str(minilm_dir)]}, {"config_overrides": {"layer_norm_eps": 1e-5}}):
+        with pytest.raises(ValueError, match="its weights and ArchConfig are fixed, so .* apply when converting"):
+            embzoo.load(tmp_path / "a", **option)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    config["embzoo"]["recipe"] = "no/such-model"
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="recipe 'no/such-model', which this embzoo's catalog lacks"):
+        embzoo.load(tmp_path / "a")
+    config["embzoo"]["format"] = 99
+    (tmp_path / "a" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="of format 99; this embzoo reads format 1: convert the source"):
+        embzoo.load(tmp_path / "a")
+
+
+def files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_what_is_written_and_what_is_left_behind(make_checkpoint, tmp_path):
+    folder, _ = make_checkpoint(BertModel, BERT_CONFIG, name="src", max_shard_size="100KB")  # a sharded checkpoint
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    (folder / "README.md").write_text("# the source's card")
+    (folder / "pytorch_model.bin").write_bytes(b"stale legacy weights")
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"an export")
+    assert_round_trip(folder, tmp_path / "dst", lambda m: m.encode(TEXTS))
+    assert files(tmp_path / "dst") == sorted(
+        ["config.json", "model.safetensors", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+        + ["vocab.txt"]
+    )
+
+
+def test_sentence_transformers_subfolder_layout(make_checkpoint, tmp_path):
+    folder, _ = make_checkpoint(BertModel, BERT_CONFIG, name="st/0_Transformer")
+    st = folder.parent
+    modules = [
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (st / "modules.json").write_text(json.dumps(modules))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    assert_round_trip(st, tmp_path / "dst", lambda m: m.encode(TEXTS))
+    assert {"config.json", "0_Transformer/config.json", "0_Transformer/model.safetensors", "modules.json"} <= set(
+        files(tmp_path / "dst")
+    )
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "dst"), EmbzooModel)  # the root says model_type embzoo
 
 
 def test_cli_prints_the_summary(minilm_dir, tmp_path, capsys):

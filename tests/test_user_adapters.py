@@ -2,6 +2,7 @@
 modules kept apart from the weights, selected per encode call and merged on request, against peft's PeftModel
 with both adapters loaded (set_adapter) on the transformers model."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_QWEN3, padded, save_checkpoint
@@ -133,3 +134,17 @@ def test_placement_is_block_exact_with_reordered_rows(tmp_path):
     a, b = placed["layers.0.mlp.up.weight"]
     torch.testing.assert_close(b @ a, torch.cat([3 * (b_up @ a_up), torch.zeros(6, 4)]))
     placing.check()
+
+
+def test_embzoo_folders_take_named_adapters_and_convert_adapter_sources(folders, tmp_path):
+    from conftest import assert_round_trip
+
+    from embzoo.conversion.convert import convert_model
+
+    convert_model(folders["base"], tmp_path / "base")
+    named = {n: folders[n] for n in ADAPTERS}
+    source = embzoo.load(folders["base"], device="cpu", adapters=named)
+    converted = embzoo.load(tmp_path / "base", device="cpu", adapters=named)
+    for name in ADAPTERS:
+        assert np.array_equal(converted.encode(TEXTS, adapter=name), source.encode(TEXTS, adapter=name))
+    assert_round_trip(folders["a"], tmp_path / "a", lambda m: m.encode(TEXTS))  # a PEFT folder: its base, merged

@@ -240,6 +240,7 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
 
 
 CONVERTED_TYPE = "embzoo"  # config.json model_type of a folder `embzoo convert` wrote
+CONVERTED_FORMAT = 1  # the layout version of such a folder, in its "embzoo" section
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
@@ -251,6 +252,11 @@ def read_snapshot(path: str | Path) -> Snapshot:
     section = config.get(CONVERTED_TYPE)
     if not isinstance(section, dict) or not isinstance(section.get("config"), dict) or "arch" not in section:
         raise SnapshotError(f"{model_dir}/config.json says model_type 'embzoo' but has no valid 'embzoo' section")
+    if section.get("format") != CONVERTED_FORMAT:
+        raise SnapshotError(
+            f"{model_dir}: an embzoo folder of format {section.get('format')!r}; this embzoo reads format "
+            f"{CONVERTED_FORMAT}: convert the source ({section.get('source')}) again with `embzoo convert`"
+        )
     return Snapshot(root, model_dir, section["config"], pipeline, converted=section)
 
 
