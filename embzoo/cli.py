@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from embzoo.conversion.snapshot import SnapshotError
 from embzoo.reranker import ACTIVATIONS, Ranker
 
 DEFAULT_PEFT_BASE = "jinaai/jina-embeddings-v3-hf"  # the transformers-native model the adapters load onto
@@ -158,14 +159,13 @@ def cmd_convert(args: argparse.Namespace) -> None:
                 print(folder)
             return
         print(convert_model(args.src, args.dst, dtype=args.dtype, recipe=args.recipe, revision=args.revision))
-    except ValueError as error:  # a bad option or a checkpoint this mode cannot take: the message, no traceback
+    except (ValueError, SnapshotError) as error:  # a bad option, path or checkpoint: the message, no traceback
         raise SystemExit(f"embzoo convert: {error}") from None
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from embzoo.config import UnsupportedConfig
     from embzoo.conversion.inspect import format_inspection, inspect_checkpoint
-    from embzoo.conversion.snapshot import SnapshotError
 
     try:
         found = inspect_checkpoint(args.src)
@@ -179,7 +179,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     try:
         exported = export_sentence_transformers(args.model, Path(args.dst), recipe=args.recipe, dtype=args.dtype)
-    except ValueError as error:  # what the layout cannot express, or a checkpoint transformers cannot read
+    except (
+        ValueError,
+        SnapshotError,
+    ) as error:  # what the layout cannot express, or a checkpoint transformers cannot read
         raise SystemExit(f"embzoo export: {error}") from None
     print(exported.summary())
 

@@ -364,3 +364,8 @@ def test_embzoo_folder_reloads_bit_exactly(checkpoint, tmp_path):
     folder, _, _, _ = checkpoint()
     scores = lambda r: [row["score"] for row in r.rank(QUERY, DOCS)]  # noqa: E731
     assert_round_trip(folder, tmp_path / "converted", scores, recipe=RECIPE)
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tmp_path / "converted")  # a listwise prompt is no padded batch of pairs
+    with pytest.raises(TypeError, match=r"call model.embzoo.rank\(query, documents\)"):
+        model(input_ids=torch.ones(1, 4, dtype=torch.long))

@@ -5,6 +5,8 @@ what embzoo.load returns, taking padded input_ids / attention_mask as transforme
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceCl
 from embzoo import kernels
 from embzoo.conversion.snapshot import CONVERTED_TYPE
 from embzoo.modeling.batch import PackedBatch
+from embzoo.reranker import Reranker
 
 
 class EmbzooConfig(PretrainedConfig):
@@ -53,17 +56,33 @@ class EmbzooModel(PreTrainedModel):
 
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
         device_map = kwargs.pop("device_map", None)
+        if isinstance(device_map, dict) and set(device_map) == {""}:  # the whole model on one device
+            device_map = device_map[""]
         refused = sorted(k for k in REFUSED_OPTIONS if kwargs.get(k) not in (None, False))
-        if args or refused or not (device_map is None or isinstance(device_map, str | torch.device)):
+        if args or refused or not (device_map is None or isinstance(device_map, str | int | torch.device)):
             raise TypeError(
                 f"EmbzooModel.from_pretrained takes dtype, device (or one device as device_map), revision and "
-                f"attn_backend; it cannot apply {refused or args or 'a multi-device device_map'}"
+                f"attn_backend; it cannot apply {refused or args or 'a multi-device device_map'} (Hub access: set "
+                "HF_TOKEN / HF_HOME, or pass a local folder)"
             )
         options = {k: kwargs[k] for k in ("device", "revision", "attn_backend") if kwargs.get(k) is not None}
         if device_map not in (None, "auto"):
-            options.setdefault("device", device_map)
-        loaded = load(str(pretrained_model_name_or_path), dtype=None if dtype == "auto" else dtype, **options)
-        return cls(config or EmbzooConfig.from_pretrained(pretrained_model_name_or_path), loaded)
+            options.setdefault("device", f"cuda:{device_map}" if isinstance(device_map, int) else device_map)
+        config = config or EmbzooConfig.from_pretrained(pretrained_model_name_or_path)
+        if dtype == "auto":  # transformers' meaning: the dtype the folder was written in
+            dtype = config.embzoo.get("dtype")
+        loaded = load(str(pretrained_model_name_or_path), dtype=dtype, **options)
+        return cls(config, loaded)
+
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
+        """Copy the embzoo folder this model was loaded from (EmbzooModel runs inference only, so its weights are the
+        folder's) to save_directory; other sources are written by `embzoo convert`."""
+        origin = self.embzoo.origin.snapshot
+        if origin.converted is None:
+            raise ValueError(
+                f"{origin.root} is not an embzoo folder; write one with `embzoo convert {origin.root} DST` instead"
+            )
+        shutil.copytree(origin.root, save_directory, dirs_exist_ok=True)
 
     def forward(
         self,
@@ -72,9 +91,16 @@ class EmbzooModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         **_: Any,
     ) -> BaseModelOutputWithPooling | SequenceClassifierOutput:
+        if not hasattr(self.embzoo, "model") and not isinstance(self.embzoo, Reranker):
+            raise TypeError(
+                f"{type(self.embzoo).__name__} scores a query with a list of documents in one prompt, not padded "
+                "token ids: call model.embzoo.rank(query, documents)"
+            )
         device = next(self.module.parameters()).device
         input_ids = input_ids.to(device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        if mask.shape[1] and not bool(mask[:, 0].all()):
+            raise ValueError("attention_mask is left-padded; tokenize with tokenizer.padding_side = 'right'")
         cu, max_len = kernels.cu_seqlens_from_mask(mask)
         ids = kernels.unpad(input_ids, cu)
         starts = torch.repeat_interleave(cu[:-1].long(), (cu[1:] - cu[:-1]).long(), output_size=ids.numel())
@@ -90,7 +116,8 @@ class EmbzooModel(PreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=out.get("sentence"))
 
 
-# transformers' from_pretrained options that would change the model: embzoo.load has its own (load_in_8bit …)
+# transformers' from_pretrained options embzoo.load cannot honour: quantization (it has its own load_in_8bit …),
+# attention and outputs of transformers' classes, and Hub / cache options (resolve() uses huggingface_hub's defaults)
 REFUSED_OPTIONS = (
     "quantization_config",
     "load_in_8bit",
@@ -98,6 +125,11 @@ REFUSED_OPTIONS = (
     "attn_implementation",
     "output_hidden_states",
     "output_attentions",
+    "subfolder",
+    "cache_dir",
+    "token",
+    "local_files_only",
+    "force_download",
 )
 
 AutoConfig.register(CONVERTED_TYPE, EmbzooConfig, exist_ok=True)
