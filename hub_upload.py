@@ -2,11 +2,12 @@
 
     python hub_upload.py SRC REPO_ID [--recipe HUB_ID] [--base-model HUB_ID] [--tag T ...] [--private] [--dry-run]
 
-SRC is checked first: embzoo.load(SRC, device="cpu") must succeed (with --recipe, that catalog recipe applied).
-SRC/README.md then gets the card metadata (YAML front matter): library_name embzoo, pipeline_tag by what load
-returned (sentence-similarity for an Embedder, text-ranking for a reranker), base_model (--base-model, else
---recipe; omitted without either), tags. An existing README keeps its body and its other metadata; without one, the
-body is the base model's catalog card (its usage loading REPO_ID with that recipe), else a short generated one.
+SRC is checked first: embzoo.load(SRC, device="cpu", dtype="bfloat16") must succeed (with --recipe, that catalog
+recipe applied). SRC/README.md then gets the card metadata (YAML front matter): library_name embzoo, pipeline_tag by
+what load returned (sentence-similarity for an Embedder, text-ranking for a reranker), base_model (--base-model, else
+--recipe, else the recipe an embzoo folder was converted with; omitted without one), tags. An existing README keeps
+its body and its other metadata; without one, the body is the base model's catalog card (its usage loading REPO_ID
+with that recipe; for an embzoo folder, what it is), else a short generated one.
 Then the repository is created (exist_ok) and SRC uploaded in one commit. --dry-run prints the files that would be
 uploaded (with sizes) and the README front matter, and writes and uploads nothing.
 """
@@ -50,7 +51,7 @@ def validate(src: Path, recipe: str | None) -> Embedder | Ranker:
     if not src.is_dir():
         raise SystemExit(f"{src}: not a folder; pass the model folder to upload")
     try:
-        return embzoo.load(src, device="cpu", recipe=recipe)
+        return embzoo.load(src, device="cpu", dtype="bfloat16", recipe=recipe)  # half the memory of float32
     except Exception as err:  # any reason it does not load is a reason not to publish it
         raise SystemExit(f"{src}: embzoo cannot load it, so it is not uploaded: {type(err).__name__}: {err}") from err
 
@@ -76,7 +77,8 @@ def readme_card(
     own = [own] if isinstance(own, str) else list(own)
     metadata["tags"] = list(dict.fromkeys([*own, "embzoo", *catalog.get("tags", []), *tags]))
     if not path.is_file():
-        body = card_body(entry, repo_id=repo_id) if entry else _plain_body(repo_id, model)
+        converted = model.origin is not None and model.origin.snapshot.converted is not None
+        body = card_body(entry, repo_id=repo_id, converted=converted) if entry else _plain_body(repo_id, model)
     return metadata, body if body.startswith("\n") else "\n" + body
 
 
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     src: Path = args.src
     model = validate(src, args.recipe)
-    metadata, body = readme_card(src, args.repo_id, model, args.base_model or args.recipe, args.tag)
+    stored = model.origin.recipe if model.origin is not None else None  # an embzoo folder's own recipe
+    metadata, body = readme_card(src, args.repo_id, model, args.base_model or args.recipe or stored, args.tag)
     readme = front_matter(metadata) + body
     plan = upload_plan(src, readme)
     if args.dry_run:

@@ -67,6 +67,10 @@ HYBRID_MODELS = ("BAAI/bge-m3",)  # dense, sparse and ColBERT outputs from one p
 REMOTE_CODE_FAMILIES = ("nomic_bert", "gte", "jina_bert", "jina_embeddings_v3", "jina_xlm_roberta", "nv_embed")
 REMOTE_CODE_MODELS = ("Alibaba-NLP/gte-Qwen2-1.5B-instruct", "Alibaba-NLP/gte-Qwen2-7B-instruct")
 # the models sentence-transformers does not run, and what their reference is instead
+CONVERTED_ST = (
+    "This repository is an embzoo folder (config.json model_type `embzoo`), which sentence-transformers does not "
+    "read; `embzoo export DST --format sentence-transformers --model {id}` writes a copy it reads."
+)
 NOT_SENTENCE_TRANSFORMERS = {
     "llm2vec": "sentence-transformers does not load LLM2Vec models; their reference is the `llm2vec` package "
     "(`LLM2Vec.from_pretrained`), which builds the inputs as embzoo's recipe does.",
@@ -566,21 +570,24 @@ def _evidence(entry: CatalogEntry) -> str:
     return "\n".join([*rows, "", closing])
 
 
-def card_body(entry: CatalogEntry, repo_id: str | None = None) -> str:
+def card_body(entry: CatalogEntry, repo_id: str | None = None, converted: bool = False) -> str:
     """The card's Markdown after its front matter; repo_id: a copy of the model uploaded there (its usage then loads
-    repo_id with this entry's recipe)."""
+    repo_id with this entry's recipe); converted: that copy is an embzoo folder (`embzoo convert`)."""
     hub = f"[{entry.hub_id}](https://huggingface.co/{entry.hub_id})"
     if repo_id is None:
         source = f"The weights are {hub} as published; embzoo reads that layout directly (no conversion step)."
+    elif converted:
+        source = f"{hub} converted by `embzoo convert` (an embzoo folder), uploaded with embzoo's `hub_upload.py`."
     else:
         source = f"A copy of {hub}, uploaded with embzoo's `hub_upload.py`."
+    st_usage = CONVERTED_ST.format(id=repo_id) if converted else _st_usage(entry, repo_id)
     return TEMPLATE.substitute(
         title=repo_id or entry.hub_id,
         summary=entry.summary,
         source=source,
         embzoo_usage=_embzoo_usage(entry, repo_id),
         embzoo_notes=_embzoo_notes(entry),
-        st_usage=_st_usage(entry, repo_id),
+        st_usage=st_usage,
         facts=_facts(entry),
         prompts=_prompts(entry),
         evidence=_evidence(entry),

@@ -109,6 +109,17 @@ def test_a_copy_of_a_catalogued_reranker_gets_its_card(reranker_dir, api):
     assert f'embzoo.load("{REPO}", recipe="BAAI/bge-reranker-base")' in body
 
 
+def test_an_embzoo_folder_brings_its_recipe_and_says_what_it_is(reranker_dir, api, tmp_path):
+    from embzoo.conversion.convert import convert_model
+
+    convert_model(reranker_dir, tmp_path / "converted", recipe="BAAI/bge-reranker-base")
+    hub_upload.main([str(tmp_path / "converted"), REPO])  # no --recipe: the folder's own
+    metadata, body = split_front_matter((tmp_path / "converted" / "README.md").read_text())
+    assert metadata["base_model"] == "BAAI/bge-reranker-base"
+    assert body == "\n" + card_body(lookup("BAAI/bge-reranker-base"), repo_id=REPO, converted=True)
+    assert "converted by `embzoo convert`" in body and "sentence-transformers does not read" in body
+
+
 def test_a_base_model_outside_the_catalog_gets_a_plain_card(reranker_dir, api):
     hub_upload.main([str(reranker_dir), REPO, "--base-model", "my/base"])
     metadata, body = split_front_matter((reranker_dir / "README.md").read_text())
