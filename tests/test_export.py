@@ -84,7 +84,7 @@ def bert_folder(make_checkpoint):
     lowercasing and a default prompt."""
     folder, _ = make_checkpoint(BertModel, BertConfig(**SIZES), noise=0.2)
     pooling = {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True, "include_prompt": False}
-    write_st_layout(folder, pooling, True, 40, prompts=PROMPTS, default_prompt_name="query")
+    write_st_layout(folder, pooling, True, 40, prompts=PROMPTS, default_prompt_name="query", similarity_fn_name="dot")
     (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40, "do_lower_case": True}))
     add_dense(folder, 2, 32, 24, seed=1, bias=True, activation=TANH)
     add_dense(folder, 3, 24, 16, seed=2)
@@ -100,7 +100,7 @@ def test_bert_with_dense_normalize_and_prompts(bert_folder, tmp_path):
     assert dense == {"in_features": 32, "out_features": 24, "bias": True, "activation_function": TANH}
     assert set(load_file(dst / "3_Dense" / "model.safetensors")) == {"linear.weight"}
     settings = json.loads((dst / "config_sentence_transformers.json").read_text())
-    assert settings == {"prompts": PROMPTS, "default_prompt_name": "query", "similarity_fn_name": "cosine"}
+    assert settings == {"prompts": PROMPTS, "default_prompt_name": "query", "similarity_fn_name": "dot"}  # kept
     assert json.loads((dst / "sentence_bert_config.json").read_text()) == {"max_seq_length": 40, "do_lower_case": True}
 
 

@@ -219,7 +219,7 @@ def _write_modules(model: Embedder, dst: Path) -> tuple[str, ...]:
     settings = {
         "prompts": model.prompts,
         "default_prompt_name": model.default_prompt_name,
-        "similarity_fn_name": "cosine",
+        "similarity_fn_name": model.origin.snapshot.pipeline.similarity_fn_name or "cosine",
     }
     _write_json(dst / "config_sentence_transformers.json", settings)
     return tuple(kind for kind, _, _ in modules)
