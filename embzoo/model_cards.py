@@ -507,7 +507,7 @@ def _facts(entry: CatalogEntry) -> str:
             if entry.matryoshka_layer_norm
             else ("truncate, then normalize")
         )
-        facts.append(f"Matryoshka: `encode(dimensions=...)`, {how} (the model card of the source names the trained sizes)")
+        facts.append(f"Matryoshka: `encode(dimensions=...)`, {how} (the source's card names the trained sizes)")
     if not is_reranker(entry) and kind(entry) == "embedder":
         facts.append(f"L2-normalized: {'yes' if entry.normalize else 'no'}")
     facts += [f"Max length: {_max_length(entry)}", f"License: {entry.license}", f"Languages: {entry.languages}"]
