@@ -98,7 +98,8 @@ def _validation_error(error: RequestValidationError) -> ApiError:
     if loc == ("body",) and first["type"] != "missing":
         return ApiError(400, "the request body must be a JSON object (sent as Content-Type: application/json)")
     field = _field(loc)
-    got = f" (got {json.dumps(first['input'], default=repr)[:80]})" if first["type"] != "missing" else ""
+    shown = "input" in first and first["type"] != "missing"
+    got = f" (got {json.dumps(first['input'], default=repr)[:80]})" if shown else ""
     return ApiError(400, f"{field}: {first['msg']}{got}", field)
 
 
