@@ -156,7 +156,7 @@ class _Service:
                 413, f"{field} has {count} items, more than this server takes per request ({limit}); split it", field
             )
 
-    async def run(self, name: str, submit: Any) -> Any:
+    async def run(self, submit: Any) -> Any:
         """await submit (a batcher job) as an answer: ValueError → 400, QueueFull → 429, NotRunning → 503."""
         try:
             return await submit
@@ -194,7 +194,7 @@ class _Service:
         except ValueError as error:
             raise ApiError(400, str(error), "input" if kind == "ids" else None) from None
         finish = partial(model.finish_sentences, dimensions=req.dimensions)
-        vectors = await self.run(name, self.batchers[name].embed(inputs, finish))
+        vectors = await self.run(self.batchers[name].embed(inputs, finish))
         tokens = sum(len(s) for s in inputs.ids)
         self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
         self.metrics.inc("embzoo_truncated_inputs_total", inputs.truncated, model=name)
@@ -218,7 +218,7 @@ class _Service:
         documents = document_texts(req.documents)
         self.check_count(len(documents), "documents")
         work = partial(model.rank, req.query, documents, top_k=req.top_n, **self._instruction(model, req.instruction))
-        rows = await self.run(name, self.batchers[name].call(work))
+        rows = await self.run(self.batchers[name].call(work))
         results = []
         for row in rows:
             result = {"index": row["index"], "relevance_score": row["score"]}
@@ -232,7 +232,7 @@ class _Service:
         pairs = score_pairs(req.text_1, req.text_2)
         self.check_count(len(pairs), "text_2")
         work = partial(model.score, pairs, **self._instruction(model, req.instruction))
-        scores = await self.run(name, self.batchers[name].call(work))
+        scores = await self.run(self.batchers[name].call(work))
         data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scores)]
         return {"object": "list", "data": data, "model": name, "usage": {"pairs": len(pairs)}}
 
