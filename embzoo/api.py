@@ -56,6 +56,16 @@ def _restore(parts: list[Any], positions: np.ndarray, count: int) -> Any:
     return restored
 
 
+class InputTooLong(ValueError):
+    """An input longer than the model's token limit where truncation was refused (truncate=False)."""
+
+    def __init__(self, index: int, length: int, limit: int):
+        super().__init__(
+            f"input {index} has {length} tokens, more than the model's limit of {limit}; shorten it or allow truncation"
+        )
+        self.index, self.length, self.limit = index, length, limit
+
+
 def _as_texts(sentences: str | Sequence[str]) -> tuple[list[str], bool]:
     if isinstance(sentences, str):
         return [sentences], True
@@ -223,21 +233,84 @@ class Embedder:
         sparse_format = sparse_format or ("torch" if convert_to_tensor else "dict")
         if sparse_format not in SPARSE_FORMATS:
             raise ValueError(f"unknown sparse_format {sparse_format!r}; allowed: {SPARSE_FORMATS}")
-        if batch_tokens is None:
-            batch_tokens = 16384 if self.device.type == "cuda" else 4096
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
-        run = _Pass(names, batch_tokens, show, max_active_dims, role)
+        run = _Pass(names, self._batch_tokens(batch_tokens), show, max_active_dims, role)
         results = self._run_groups(texts, tasks, adapters, prefix, run)
         out: dict[str, Any] = {}
         for name, value in results.items():
             if name == "sentence":
-                value = self._sentence(value, normalize, dimensions, precision, int8_ranges, convert_to_tensor)
+                value = self.finish_sentences(
+                    value,
+                    normalize=normalize,
+                    dimensions=dimensions,
+                    precision=precision,
+                    int8_ranges=int8_ranges,
+                    convert_to_tensor=convert_to_tensor,
+                )
             elif name == "sparse":
                 value = sparse_output(value, self.model.sparse.vocab_size, sparse_format, self.device)
             elif not convert_to_tensor:
                 value = [v.cpu().numpy() for v in value]
             out[name] = value[0] if single else value
         return out[names[0]] if output is None or isinstance(output, str) else out
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        instruction: str | None = None,
+        truncate: bool = True,
+    ) -> ModelInputs:
+        """The inputs encode runs for the texts' sentence vectors (prompt + text + suffix as token ids, cut to
+        max_seq_length, with the pool skips), for sentence_vectors; truncate=False raises InputTooLong for the first
+        over-long text instead of cutting it."""
+        self._output_names("sentence")
+        texts, _ = _as_texts(texts)
+        prefix = self._prompt(prompt_name, prompt, instruction)
+        inputs = self._inputs(texts, prefix, None)
+        if inputs.truncated and not truncate:
+            lengths = self.tokenizer.lengths(self._full_texts(texts, prefix))
+            index = next(i for i, n in enumerate(lengths) if n > self.max_seq_length)
+            raise InputTooLong(index, lengths[index], self.max_seq_length)
+        return inputs
+
+    def id_inputs(self, ids: Sequence[Sequence[int]], *, truncate: bool = True) -> ModelInputs:
+        """Token-id sequences as inputs for sentence_vectors, run as given (no prompt, special or end token added)
+        and cut to max_seq_length; truncate=False raises InputTooLong instead of cutting. Ids must be in the
+        vocabulary, sequences non-empty."""
+        self._output_names("sentence")
+        vocab, limit = self.model.backbone.cfg.vocab_size, self.max_seq_length
+        out = []
+        for i, seq in enumerate(ids):
+            seq = [int(t) for t in seq]
+            if not seq:
+                raise ValueError(f"token-id input {i} is empty; every input needs at least one token")
+            bad = next((t for t in seq if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"token-id input {i} holds {bad}, outside the vocabulary 0..{vocab - 1}")
+            if len(seq) > limit and not truncate:
+                raise InputTooLong(i, len(seq), limit)
+            out.append(seq[:limit])
+        return ModelInputs(out, truncated=sum(len(s) > limit for s in ids))
+
+    @torch.inference_mode()
+    def sentence_vectors(self, inputs: ModelInputs, *, batch_tokens: int | None = None) -> torch.Tensor:
+        """float32 [N, D] sentence vectors of tokenized inputs (tokenize, id_inputs), in order, before truncation
+        and normalization (finish_sentences applies them); forwarded in length-sorted token-budget batches."""
+        if not inputs.ids:
+            return torch.zeros(0, self.dimension, device=self.device)
+        run = _Pass(("sentence",), self._batch_tokens(batch_tokens), show=False)
+        batches = token_budget_batches([len(s) for s in inputs.ids], run.batch_tokens)
+        parts = [self._forward(inputs.select(idx), run)["sentence"] for idx in batches]
+        return _restore(parts, np.concatenate(batches), len(inputs.ids))
+
+    def _batch_tokens(self, batch_tokens: int | None) -> int:
+        """The token budget per packed batch: as given, else 16384 on CUDA, 4096 elsewhere."""
+        if batch_tokens is not None:
+            return batch_tokens
+        return 16384 if self.device.type == "cuda" else 4096
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
         """encode with the model's "query" prompt (a ColBERT query: marker and [MASK] expansion), if it has one."""
@@ -375,16 +448,18 @@ class Embedder:
             )
         return name
 
-    def _sentence(
+    def finish_sentences(
         self,
         vectors: torch.Tensor,
-        normalize: bool | None,
-        dimensions: int | None,
-        precision: str,
-        int8_ranges: np.ndarray | None,
-        convert_to_tensor: bool,
+        *,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        precision: str = "float32",
+        int8_ranges: np.ndarray | None = None,
+        convert_to_tensor: bool = False,
     ) -> Any:
-        """Sentence vectors [N, D] → truncated (Matryoshka), normalized, quantized, as numpy or a tensor."""
+        """Sentence vectors [N, D] (sentence_vectors) → truncated (Matryoshka), normalized, quantized, as numpy or
+        a tensor, as encode returns them (same arguments)."""
         if dimensions is not None:
             if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
                 vectors = F.layer_norm(vectors, (vectors.shape[-1],))
@@ -500,12 +575,16 @@ class Embedder:
             skip = self.tokenizer.prompt_length(prefix)
         return np.full(len(ids), skip)
 
+    def _full_texts(self, texts: list[str], prefix: str) -> list[str]:
+        """The strings tokenized for the texts: prefix + text + the model's text suffix."""
+        return [prefix + t + self.text_suffix for t in texts]
+
     def _inputs(self, texts: list[str], prefix: str, role: str | None) -> ModelInputs:
         """Token ids of prefix + text + text_suffix (a ColBERT role's marked inputs instead), with what the
         batches need besides."""
         if role is not None:
             return self.late.encode(texts, role)
-        ids, cut = self.tokenizer.encode([prefix + t + self.text_suffix for t in texts])
+        ids, cut = self.tokenizer.encode(self._full_texts(texts, prefix))
         return ModelInputs(ids, cut, skips=self._pool_skips(texts, prefix, ids))
 
     @torch.inference_mode()

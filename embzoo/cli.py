@@ -1,9 +1,10 @@
-"""Command line: `embzoo embed | rerank | list | demo | convert | export | inspect`."""
+"""Command line: `embzoo embed | rerank | list | demo | convert | export | inspect | serve`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -187,6 +188,38 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(exported.summary())
 
 
+def served_models(specs: list[str], device: str | None, dtype: str | None) -> dict[str, Any]:
+    """--model values ([NAME=]hub id or folder) loaded with embzoo.load, keyed by NAME (default: the value)."""
+    import embzoo
+
+    models: dict[str, Any] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
+        if not name or not path:
+            raise SystemExit(f"embzoo serve: --model {spec!r}: give a hub id or folder, or NAME=hub id or folder")
+        if name in models:
+            raise SystemExit(f"embzoo serve: two models named {name!r}; name them apart with --model NAME=...")
+        try:
+            models[name] = embzoo.load(path, device=device, dtype=dtype)
+        except ValueError as error:
+            raise SystemExit(f"embzoo serve: {spec}: {error}") from None
+    return models
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from embzoo.integrations.server import ServerSettings, create_app
+    except ImportError as error:
+        raise SystemExit(f"embzoo serve needs the serve extra: pip install 'embzoo[serve]' ({error})") from None
+    limits = ("max_batch_tokens", "max_wait_ms", "max_queue", "max_inputs_per_request")
+    given = {k: getattr(args, k) for k in limits if getattr(args, k) is not None}  # else ServerSettings' defaults
+    settings = ServerSettings(api_key=args.api_key or os.environ.get("EMBZOO_API_KEY") or None, **given)
+    app = create_app(served_models(args.model, args.device, args.dtype), settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embzoo", description="Text embeddings on packed token streams.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -285,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="default: the checkpoint's"
     )
     export.set_defaults(func=cmd_export)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server: /v1/embeddings, /v1/rerank, /v1/score")
+    serve.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]M",
+        help="hub id or local folder, served as NAME (default: M itself); repeat for more models",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    serve.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (default: $EMBZOO_API_KEY)")
+    serve.add_argument("--max-batch-tokens", type=int, help="tokens per merged forward (default 16384)")
+    serve.add_argument("--max-wait-ms", type=float, help="how long a request waits for others to batch (default 5)")
+    serve.add_argument("--max-queue", type=int, help="queued requests per model before 429 (default 1024)")
+    serve.add_argument("--max-inputs-per-request", type=int, help="inputs per request before 413 (default 2048)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -33,6 +33,25 @@ class ModelInputs:
         skips = None if self.skips is None else self.skips[idx]
         return replace(self, ids=pick(self.ids), skips=skips, key_lengths=pick(self.key_lengths), keep=pick(self.keep))
 
+    @classmethod
+    def concat(cls, parts: Sequence[ModelInputs]) -> ModelInputs:
+        """The inputs of several calls as one (texts in order); an optional field some parts lack is filled with
+        what None means: no skip, every token a key, every token kept."""
+
+        def joined(field: str, default: Any) -> list | None:
+            if all(getattr(p, field) is None for p in parts):
+                return None
+            return [x for p in parts for x in (getattr(p, field) if getattr(p, field) is not None else default(p))]
+
+        skips = joined("skips", lambda p: [0] * len(p.ids))
+        return cls(
+            ids=[s for p in parts for s in p.ids],
+            truncated=sum(p.truncated for p in parts),
+            skips=None if skips is None else np.asarray(skips),
+            key_lengths=joined("key_lengths", lambda p: [len(s) for s in p.ids]),
+            keep=joined("keep", lambda p: [np.ones(len(s), dtype=bool) for s in p.ids]),
+        )
+
 
 def fast_tokenizer(folder: Path) -> tuple[Any, Tokenizer]:
     """The folder's tokenizer as transformers loads it (tokenizer.json or vocab files), and a copy of its
@@ -107,6 +126,14 @@ class TextTokenizer:
         if self.end_id is not None:
             ids = [s + [self.end_id] for s in ids]
         return ids, sum(1 for e in encodings if e.overflowing)
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text has before truncation (special tokens and the end token included)."""
+        lengths = []
+        for e in self.backend.encode_batch(self._texts(texts), add_special_tokens=True):
+            cut = sum(len(o.ids) - sum(o.special_tokens_mask) for o in e.overflowing)  # the pieces beyond the limit
+            lengths.append(len(e.ids) + cut + (self.end_id is not None))
+        return lengths
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text on its own, without special tokens (truncated like encode)."""

@@ -1,0 +1,337 @@
+"""An OpenAI-compatible HTTP server for loaded models (FastAPI; `pip install 'embzoo[serve]'`, `embzoo serve`).
+
+Endpoints: POST /v1/embeddings (OpenAI), /v1/rerank (Cohere / Jina), /v1/score (vLLM); GET /v1/models, /health,
+/metrics (Prometheus text). Embedding requests to one model are batched together (embzoo.integrations.batcher);
+reranks and scores run one request at a time on the same model thread. Errors answer OpenAI's shape
+{"error": {"message", "type", "param", "code"}}: 400 bad field, 401 missing API key, 404 unknown model, 413 too
+many or too long inputs, 429 queue full (Retry-After), 503 shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from embzoo.api import Embedder, InputTooLong
+from embzoo.integrations.batcher import Batcher, NotRunning, QueueFull
+from embzoo.integrations.metrics import CONTENT_TYPE, Metrics
+from embzoo.integrations.server_inputs import (
+    ApiError,
+    EmbeddingRequest,
+    RerankRequest,
+    ScoreRequest,
+    document_texts,
+    embedding_input,
+    score_pairs,
+)
+from embzoo.reranker import Ranker
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "service_unavailable",
+}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKEN_BUCKETS = tuple(2.0**k for k in range(4, 18))  # 16 … 131072 tokens
+REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ENDPOINTS = ("/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/models", "/health", "/metrics")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """api_key: required as `Authorization: Bearer KEY` on /v1/* (None: open). max_batch_tokens: tokens per merged
+    forward; max_wait_ms: how long a queued embedding job waits for others to join its batch; max_queue: jobs
+    waiting per model before 429; max_inputs_per_request: inputs, documents or pairs per request before 413."""
+
+    api_key: str | None = None
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    max_inputs_per_request: int = 2048
+
+
+def _declare(metrics: Metrics) -> None:
+    metrics.declare("embzoo_requests_total", "counter", "HTTP requests by endpoint and status code")
+    metrics.declare("embzoo_request_duration_seconds", "histogram", "HTTP request latency by endpoint", LATENCY_BUCKETS)
+    metrics.declare("embzoo_input_tokens_total", "counter", "tokens embedded, by model")
+    metrics.declare("embzoo_truncated_inputs_total", "counter", "embedding inputs cut to the model's limit, by model")
+    metrics.declare("embzoo_batch_tokens", "histogram", "tokens per merged embedding forward, by model", TOKEN_BUCKETS)
+    metrics.declare("embzoo_batch_requests", "histogram", "requests per merged embedding forward", REQUEST_BUCKETS)
+    metrics.declare("embzoo_queue_depth", "gauge", "jobs waiting for the model, by model")
+
+
+def _error(error: ApiError) -> JSONResponse:
+    body = {"message": error.message, "type": ERROR_TYPES.get(error.status, "error"), "param": error.param}
+    return JSONResponse({"error": {**body, "code": error.status}}, status_code=error.status, headers=error.headers)
+
+
+def _field(loc: tuple) -> str:
+    """A validation error's location as a field path: ("body", "documents", 2, "text") → documents[2].text."""
+    path = ""
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "request body"
+
+
+def _validation_error(error: RequestValidationError) -> ApiError:
+    first = error.errors()[0]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}")
+    loc = tuple(first.get("loc", ()))
+    if loc == ("body",) and first["type"] != "missing":
+        return ApiError(400, "the request body must be a JSON object (sent as Content-Type: application/json)")
+    field = _field(loc)
+    shown = "input" in first and first["type"] != "missing"
+    got = f" (got {json.dumps(first['input'], default=repr)[:80]})" if shown else ""
+    return ApiError(400, f"{field}: {first['msg']}{got}", field)
+
+
+def _json(body: Any) -> Response:
+    return Response(json.dumps(body, ensure_ascii=False), media_type="application/json")
+
+
+def _vector(row: np.ndarray, encoding_format: str) -> list[float] | str:
+    """One embedding as OpenAI returns it: floats, or base64 of little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
+    return row.tolist()
+
+
+class _Service:
+    """The served models, their batchers and the metrics: what each endpoint handler calls."""
+
+    def __init__(self, models: Mapping[str, Embedder | Ranker], settings: ServerSettings):
+        if not models:
+            raise ValueError("serve at least one model: create_app({name: embzoo.load(...)})")
+        self.models = dict(models)
+        self.settings = settings
+        self.metrics = Metrics()
+        _declare(self.metrics)
+        limits = dict(
+            max_batch_tokens=settings.max_batch_tokens, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue
+        )
+        self.batchers = {
+            name: Batcher(name, self._embed_fn(model), self.metrics, **limits) for name, model in self.models.items()
+        }
+        self.closing = False
+        self.started = time.time()
+
+    def _embed_fn(self, model: Embedder | Ranker) -> Any:
+        if isinstance(model, Embedder) and "sentence" in model.model.outputs:
+            return partial(model.sentence_vectors, batch_tokens=self.settings.max_batch_tokens)
+        return None
+
+    def pick(self, name: str | None) -> tuple[str, Embedder | Ranker]:
+        """The requested model (None: the only one served); 404 naming the served ones."""
+        served = ", ".join(self.models)
+        if name is None:
+            if len(self.models) == 1:
+                return next(iter(self.models.items()))
+            raise ApiError(400, f"pass model: this server runs {served}", "model")
+        if name not in self.models:
+            raise ApiError(404, f"model {name!r} is not served here; this server runs {served}", "model")
+        return name, self.models[name]
+
+    def check_count(self, count: int, field: str) -> None:
+        limit = self.settings.max_inputs_per_request
+        if count > limit:
+            raise ApiError(
+                413, f"{field} has {count} items, more than this server takes per request ({limit}); split it", field
+            )
+
+    async def run(self, submit: Any) -> Any:
+        """await submit (a batcher job) as an answer: ValueError → 400, QueueFull → 429, NotRunning → 503."""
+        try:
+            return await submit
+        except QueueFull as error:
+            raise ApiError(429, f"{error}; retry shortly", headers={"Retry-After": "1"}) from None
+        except NotRunning as error:
+            raise ApiError(503, str(error)) from None
+        except ValueError as error:  # an option the model refuses (instruction, prompt name, …)
+            raise ApiError(400, str(error)) from None
+
+    async def embeddings(self, req: EmbeddingRequest) -> dict:
+        name, model = self.pick(req.model)
+        if not isinstance(model, Embedder) or "sentence" not in model.model.outputs:
+            gives = "scores" if isinstance(model, Ranker) else f"{model.model.outputs[0]} vectors"
+            raise ApiError(
+                400, f"{name} gives {gives}, not dense embeddings: use /v1/rerank or /v1/score with it", "model"
+            )
+        kind, items = embedding_input(req.input)
+        self.check_count(len(items), "input")
+        if req.dimensions is not None and req.dimensions > model.dimension:
+            why = f"dimensions must be in 1..{model.dimension} for {name}; got {req.dimensions}"
+            raise ApiError(400, why, "dimensions")
+        prompts = {"prompt_name": req.prompt_name, "prompt": req.prompt, "instruction": req.instruction}
+        prompts = {k: v for k, v in prompts.items() if v is not None}
+        if kind == "ids" and prompts:
+            raise ApiError(400, f"token-id inputs run as given; {', '.join(prompts)} apply to string inputs", "input")
+        make = model.id_inputs if kind == "ids" else partial(model.tokenize, **prompts)
+        try:  # off the event loop (the tokenizer releases the GIL), beside the model's thread
+            inputs = await asyncio.to_thread(make, items, truncate=req.truncate)
+        except InputTooLong as error:
+            why = f"input {error.index} has {error.length} tokens, more than {name}'s limit of {error.limit}"
+            raise ApiError(
+                413, f'{why}; shorten it, or send "truncate": true to cut it', f"input[{error.index}]"
+            ) from None
+        except ValueError as error:
+            raise ApiError(400, str(error), "input" if kind == "ids" else None) from None
+        finish = partial(model.finish_sentences, dimensions=req.dimensions)
+        vectors = await self.run(self.batchers[name].embed(inputs, finish))
+        tokens = sum(len(s) for s in inputs.ids)
+        self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
+        self.metrics.inc("embzoo_truncated_inputs_total", inputs.truncated, model=name)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(v, req.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated": inputs.truncated}
+        return {"object": "list", "data": data, "model": name, "usage": usage}
+
+    def _instruction(self, model: Embedder | Ranker, instruction: str | None) -> dict[str, Any]:
+        """The keyword arguments rank / score take from a request: a reranker's instruction."""
+        if instruction is None:
+            return {}
+        if not isinstance(model, Ranker):
+            raise ApiError(400, f"{model.name} is an embedding model: it takes no instruction", "instruction")
+        return {"instruction": instruction}
+
+    async def rerank(self, req: RerankRequest) -> dict:
+        name, model = self.pick(req.model)
+        documents = document_texts(req.documents)
+        self.check_count(len(documents), "documents")
+        work = partial(model.rank, req.query, documents, top_k=req.top_n, **self._instruction(model, req.instruction))
+        rows = await self.run(self.batchers[name].call(work))
+        results = []
+        for row in rows:
+            result = {"index": row["index"], "relevance_score": row["score"]}
+            if req.return_documents:
+                result["document"] = {"text": documents[row["index"]]}
+            results.append(result)
+        return {"results": results, "model": name, "usage": {"documents": len(documents)}}
+
+    async def score(self, req: ScoreRequest) -> dict:
+        name, model = self.pick(req.model)
+        pairs = score_pairs(req.text_1, req.text_2)
+        self.check_count(len(pairs), "text_2")
+        work = partial(model.score, pairs, **self._instruction(model, req.instruction))
+        scores = await self.run(self.batchers[name].call(work))
+        data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scores)]
+        return {"object": "list", "data": data, "model": name, "usage": {"pairs": len(pairs)}}
+
+    def model_list(self) -> dict:
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": int(self.started),
+                "owned_by": "embzoo",
+                "max_model_len": model.max_seq_length,
+            }
+            for name, model in self.models.items()
+        ]
+        return {"object": "list", "data": data}
+
+    def authorized(self, request: Request) -> bool:
+        key = self.settings.api_key
+        if key is None or not request.url.path.startswith("/v1/"):
+            return True
+        given = request.headers.get("authorization", "")
+        return secrets.compare_digest(given.encode(), f"Bearer {key}".encode())
+
+    async def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        """Refuse new work (503), finish what is queued."""
+        self.closing = True
+        await asyncio.gather(*(b.close() for b in self.batchers.values()))
+
+
+def create_app(models: Mapping[str, Embedder | Ranker], settings: ServerSettings | None = None) -> FastAPI:
+    """The FastAPI app serving the models under their names (the `model` field of requests). Its lifespan starts
+    each model's batcher and, on shutdown, refuses new work and finishes the queued jobs. app.state.service holds
+    the served models, batchers and metrics."""
+    service = _Service(models, settings or ServerSettings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="embzoo", lifespan=lifespan)
+    app.state.service = service
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error(_validation_error(error))
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        path = request.url.path
+        endpoint = path if path in ENDPOINTS else "other"
+        status = 500
+        try:
+            if not service.authorized(request):
+                missing = "Authorization" not in request.headers
+                why = "no Authorization header" if missing else "a wrong API key"
+                response = _error(ApiError(401, f"{why}: send `Authorization: Bearer <the server's --api-key>`"))
+            else:
+                response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            service.metrics.inc("embzoo_requests_total", endpoint=endpoint, status=str(status))
+            service.metrics.observe("embzoo_request_duration_seconds", time.perf_counter() - start, endpoint=endpoint)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> Response:
+        return _json(await service.embeddings(req))
+
+    @app.post("/v1/rerank")
+    async def rerank(req: RerankRequest) -> Response:
+        return _json(await service.rerank(req))
+
+    @app.post("/v1/score")
+    async def score(req: ScoreRequest) -> Response:
+        return _json(await service.score(req))
+
+    @app.get("/v1/models")
+    async def model_list() -> Response:
+        return _json(service.model_list())
+
+    @app.get("/health")
+    async def health() -> Response:
+        if service.closing:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        return JSONResponse({"status": "ok", "models": list(service.models)})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,384 @@
+"""The HTTP server (embzoo.integrations.server) in-process through httpx's ASGI transport: each endpoint's answers
+against the models' offline encode / rank / score, dynamic batching of concurrent requests, the error answers,
+/metrics, graceful shutdown, `embzoo serve`, and a short run of bench/load_test.py."""
+
+import asyncio
+import base64
+import re
+import sys
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from test_rerank import bert_checkpoint
+
+import embzoo
+from embzoo.cli import main
+from embzoo.integrations.metrics import Metrics
+from embzoo.integrations.server import ServerSettings, create_app
+from embzoo.tokenization import ModelInputs, TextTokenizer
+
+TEXTS = ["what is rope?", "", "a cheetah is chasing its prey across the field", "ok " * 300, "naïve café"]
+DOCS = ["Rotary embeddings rotate queries and keys.", "A rope is twisted fibre.", "Cheetahs run fast."]
+# exact equality is not guaranteed: a text's packed neighbours change the float32 rounding of the forward
+TOLERANCE = 1e-6
+SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]\w*="(?:[^"\\]|\\.)*",?)*\})? [-+0-9.eE]+(Inf)?$')
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return embzoo.load(device="cpu")
+
+
+@asynccontextmanager
+async def serving(models, **settings):
+    """The app with its lifespan running, and a client for it."""
+    app = create_app(models, ServerSettings(**settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
+            yield app, client
+
+
+def vectors(response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["index"] for d in data] == list(range(len(data))) and {d["object"] for d in data} == {"embedding"}
+    return np.asarray([d["embedding"] for d in data], dtype=np.float32)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Every sample line `name{labels} value` (each must parse), summed by name."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) \w+ ", line), line
+            continue
+        assert SAMPLE.match(line), line
+        name, value = line.split("{")[0].split(" ")[0], line.rsplit(" ", 1)[1]
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def test_embeddings_match_offline_encode(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}) as (_, client):
+            r = await client.post("/v1/embeddings", json={"input": TEXTS, "model": "mini", "user": "u1"})
+            one = await client.post("/v1/embeddings", json={"input": TEXTS[2]})  # the only model: model may be left out
+            return r, one
+
+    r, one = asyncio.run(scenario())
+    expected = minilm.encode(TEXTS)
+    np.testing.assert_allclose(vectors(r), expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(vectors(one), expected[2:3], rtol=0, atol=TOLERANCE)
+    body = r.json()
+    tokens = sum(len(s) for s in minilm.tokenize(TEXTS).ids)
+    assert body["object"] == "list" and body["model"] == "mini"
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens, "truncated": 1}  # "ok " * 300 was cut
+
+
+def test_base64_dimensions_and_prompts(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}) as (_, client):
+            floats = await client.post("/v1/embeddings", json={"input": TEXTS[:3], "dimensions": 64})
+            packed = await client.post(
+                "/v1/embeddings", json={"input": TEXTS[:3], "dimensions": 64, "encoding_format": "base64"}
+            )
+            prompted = await client.post("/v1/embeddings", json={"input": TEXTS[:3], "prompt": "query: "})
+            return floats, packed, prompted
+
+    floats, packed, prompted = asyncio.run(scenario())
+    np.testing.assert_allclose(vectors(floats), minilm.encode(TEXTS[:3], dimensions=64), rtol=0, atol=TOLERANCE)
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in packed.json()["data"]]
+    np.testing.assert_array_equal(np.stack(decoded), vectors(floats))  # the same float32 bytes
+    np.testing.assert_allclose(vectors(prompted), minilm.encode(TEXTS[:3], prompt="query: "), rtol=0, atol=TOLERANCE)
+
+
+def test_token_id_inputs_run_as_given(minilm):
+    ids, _ = minilm.tokenizer.encode(TEXTS[:3])
+    long_ids = [101] + [2204] * 300 + [102]
+
+    async def scenario():
+        async with serving({"mini": minilm}) as (_, client):
+            lists = await client.post("/v1/embeddings", json={"input": ids})
+            flat = await client.post("/v1/embeddings", json={"input": ids[2]})
+            cut = await client.post("/v1/embeddings", json={"input": [ids[0], long_ids]})
+            first = await client.post("/v1/embeddings", json={"input": long_ids[:256]})
+            refused = await client.post("/v1/embeddings", json={"input": [ids[0], long_ids], "truncate": False})
+            with_prompt = await client.post("/v1/embeddings", json={"input": ids, "prompt_name": "query"})
+            outside = await client.post("/v1/embeddings", json={"input": [[101, 10**6]]})
+            return lists, flat, cut, first, refused, with_prompt, outside
+
+    lists, flat, cut, first, refused, with_prompt, outside = asyncio.run(scenario())
+    expected = minilm.encode(TEXTS[:3])  # the same ids, tokenized by encode
+    np.testing.assert_allclose(vectors(lists), expected, rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(vectors(flat), expected[2:3], rtol=0, atol=TOLERANCE)
+    assert cut.json()["usage"]["truncated"] == 1 and cut.json()["usage"]["prompt_tokens"] == len(ids[0]) + 256
+    np.testing.assert_allclose(vectors(cut)[1], vectors(first)[0], rtol=0, atol=TOLERANCE)  # the first 256 ids
+    assert refused.status_code == 413 and refused.json()["error"]["param"] == "input[1]"
+    assert "302 tokens" in refused.json()["error"]["message"]
+    assert with_prompt.status_code == 400 and "token-id inputs run as given" in with_prompt.text
+    assert outside.status_code == 400 and "outside the vocabulary" in outside.text
+
+
+def test_concurrent_requests_are_batched_and_correct(minilm):
+    short = [t[:60] for t in TEXTS]
+    requests = [short[i % 5 : i % 5 + 1 + i % 3] for i in range(20)]  # 1 to 3 texts each, mixed lengths
+
+    async def scenario():
+        async with serving({"mini": minilm}, max_wait_ms=200) as (_, client):
+            answers = await asyncio.gather(*(client.post("/v1/embeddings", json={"input": r}) for r in requests))
+            return answers, parse_metrics((await client.get("/metrics")).text)
+
+    answers, metrics = asyncio.run(scenario())
+    expected = dict(zip(short, minilm.encode(short), strict=True))
+    for texts, answer in zip(requests, answers, strict=True):
+        np.testing.assert_allclose(vectors(answer), [expected[t] for t in texts], rtol=0, atol=TOLERANCE)
+    assert metrics["embzoo_batch_requests_sum"] == 20
+    assert metrics["embzoo_batch_requests_count"] < 5  # merged: far fewer forwards than requests
+    assert metrics["embzoo_requests_total"] == 20
+
+
+def test_rerank_and_score_match_rank_and_score(minilm, make_checkpoint):
+    folder, _ = bert_checkpoint(make_checkpoint)
+    reranker = embzoo.load(folder, device="cpu")
+    query = "how do rotary embeddings work?"
+    documents = [DOCS[0], {"text": DOCS[1]}, DOCS[2]]
+    ask = {"query": query, "documents": DOCS}
+
+    async def scenario():
+        async with serving({"mini": minilm, "ce": reranker}) as (_, client):
+            post = client.post
+            return [
+                await post("/v1/rerank", json={"model": "ce", "query": query, "documents": documents, "top_n": 2}),
+                await post("/v1/rerank", json={"model": "mini", **ask}),
+                await post("/v1/rerank", json={"model": "ce", **ask, "return_documents": False}),
+                await post("/v1/score", json={"model": "ce", "text_1": query, "text_2": DOCS}),
+                await post("/v1/score", json={"model": "mini", "text_1": DOCS, "text_2": DOCS[::-1]}),
+                await post("/v1/score", json={"model": "ce", "text_1": DOCS[:2], "text_2": DOCS}),
+                await post("/v1/embeddings", json={"model": "ce", "input": "x"}),
+                await post("/v1/rerank", json={"model": "mini", **ask, "instruction": "x"}),
+            ]
+
+    ce, mini, bare, score_ce, score_mini, uneven, embed_ce, instructed = asyncio.run(scenario())
+    want = reranker.rank(query, DOCS, top_k=2)
+    assert [r["index"] for r in ce.json()["results"]] == [w["index"] for w in want]
+    got = [r["relevance_score"] for r in ce.json()["results"]]
+    np.testing.assert_allclose(got, [w["score"] for w in want], atol=1e-6)
+    assert [r["document"]["text"] for r in ce.json()["results"]] == [DOCS[w["index"]] for w in want]
+    assert ce.json()["model"] == "ce" and ce.json()["usage"] == {"documents": 3}
+    assert [r["index"] for r in mini.json()["results"]] == [w["index"] for w in minilm.rank(query, DOCS)]
+    assert all("document" not in r for r in bare.json()["results"])
+    data = score_ce.json()["data"]
+    np.testing.assert_allclose([d["score"] for d in data], reranker.score([(query, d) for d in DOCS]), atol=1e-6)
+    pairs = list(zip(DOCS, DOCS[::-1], strict=True))
+    np.testing.assert_allclose([d["score"] for d in score_mini.json()["data"]], minilm.score(pairs), atol=1e-6)
+    assert uneven.status_code == 400 and "lists of equal length" in uneven.text
+    assert embed_ce.status_code == 400 and "use /v1/rerank or /v1/score" in embed_ce.text
+    assert instructed.status_code == 400 and instructed.json()["error"]["param"] == "instruction"
+
+
+def test_bad_requests_are_explained(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}, max_inputs_per_request=4) as (_, client):
+            post = client.post
+            json_type = {"content-type": "application/json"}
+            return [
+                await post("/v1/embeddings", content=b'{"input": ', headers=json_type),
+                await post("/v1/embeddings", json={"input": "x", "dimensions": "64"}),
+                await post("/v1/embeddings", json={"input": ["a", 3]}),
+                await post("/v1/embeddings", json={"input": []}),
+                await post("/v1/embeddings", json={"model": "mini"}),
+                await post("/v1/rerank", json={"query": "q", "documents": ["a", {"txt": "b"}]}),
+                await post("/v1/embeddings", json={"input": "x", "model": "gpt-4"}),
+                await post("/v1/embeddings", json={"input": ["x"] * 5}),
+                await post("/v1/embeddings", json={"input": "x", "dimensions": 385}),
+                await post("/v1/embeddings", json={"input": "x", "prompt_name": "nope"}),
+                await post("/v1/embeddings", json={"input": "ok " * 300, "truncate": False}),
+            ]
+
+    answers = asyncio.run(scenario())
+    expected = [
+        (400, "not valid JSON"),
+        (400, "dimensions: Input should be a valid integer"),
+        (400, "input[1] is a number"),
+        (400, "input is an empty list"),
+        (400, "input: Field required"),
+        (400, "documents[1] is an object"),
+        (404, "model 'gpt-4' is not served here; this server runs mini"),
+        (413, "input has 5 items, more than this server takes per request (4)"),
+        (400, "dimensions must be in 1..384"),
+        (400, "unknown prompt_name 'nope'"),
+        (413, "input 0 has 302 tokens, more than mini's limit of 256"),
+    ]
+    for answer, (status, message) in zip(answers, expected, strict=True):
+        assert answer.status_code == status, answer.text
+        assert message in answer.json()["error"]["message"], answer.text
+
+
+def test_api_key(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}, api_key="s3cret") as (_, client):
+            return [
+                await client.post("/v1/embeddings", json={"input": "x"}),
+                await client.get("/v1/models", headers={"Authorization": "Bearer wrong"}),
+                await client.get("/v1/models", headers={"Authorization": "Bearer s3cret"}),
+                await client.get("/health"),
+            ]
+
+    missing, wrong, ok, health = asyncio.run(scenario())
+    assert missing.status_code == 401 and "no Authorization header" in missing.text
+    assert wrong.status_code == 401 and "wrong API key" in wrong.text
+    assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "mini" and ok.json()["object"] == "list"
+    assert ok.json()["data"][0]["max_model_len"] == 256
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def blocked(app):
+    """A job holding the model's thread until released: (the job's task, started, release)."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold():
+        started.set()
+        release.wait(10)
+
+    task = asyncio.ensure_future(app.state.service.batchers["mini"].call(hold))
+    return task, started, release
+
+
+async def until(condition):
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_full_queue_answers_429(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}, max_queue=1) as (app, client):
+            holder, started, release = blocked(app)
+            await asyncio.to_thread(started.wait, 10)
+            queued = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "queued"}))
+            await until(lambda: app.state.service.batchers["mini"].depth == 1)
+            refused = await client.post("/v1/embeddings", json={"input": "refused"})
+            release.set()
+            return refused, await queued, await holder
+
+    refused, queued, _ = asyncio.run(scenario())
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert "1 requests queued" in refused.json()["error"]["message"]
+    np.testing.assert_allclose(vectors(queued)[0], minilm.encode("queued"), rtol=0, atol=TOLERANCE)
+
+
+def test_shutdown_finishes_queued_work(minilm):
+    async def scenario():
+        app = create_app({"mini": minilm}, ServerSettings())
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
+            holder, started, release = blocked(app)
+            await asyncio.to_thread(started.wait, 10)
+            queued = [asyncio.ensure_future(client.post("/v1/embeddings", json={"input": t})) for t in TEXTS[:3]]
+            await until(lambda: app.state.service.batchers["mini"].depth == 3)
+            stopping = asyncio.ensure_future(lifespan.__aexit__(None, None, None))
+            await until(lambda: app.state.service.closing)
+            late = await client.post("/v1/embeddings", json={"input": "too late"})
+            health = await client.get("/health")
+            release.set()
+            await stopping
+            return [await q for q in queued], late, health
+
+    queued, late, health = asyncio.run(scenario())
+    np.testing.assert_allclose(np.concatenate([vectors(q) for q in queued]), minilm.encode(TEXTS[:3]), atol=TOLERANCE)
+    assert late.status_code == 503 and "shutting down" in late.text
+    assert health.status_code == 503
+
+
+def test_metrics_text(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}) as (_, client):
+            await client.post("/v1/embeddings", json={"input": TEXTS})
+            await client.post("/v1/embeddings", json={"input": 1.5})
+            await client.get("/nowhere")
+            return await client.get("/metrics")
+
+    r = asyncio.run(scenario())
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    metrics = parse_metrics(r.text)
+    assert metrics["embzoo_input_tokens_total"] == sum(len(s) for s in minilm.tokenize(TEXTS).ids)
+    assert metrics["embzoo_truncated_inputs_total"] == 1
+    assert metrics["embzoo_batch_tokens_count"] == 1 and metrics["embzoo_queue_depth"] == 0
+    assert 'embzoo_requests_total{endpoint="/v1/embeddings",status="200"} 1' in r.text
+    assert 'embzoo_requests_total{endpoint="/v1/embeddings",status="400"} 1' in r.text
+    assert 'embzoo_requests_total{endpoint="other",status="404"} 1' in r.text
+    assert 'embzoo_request_duration_seconds_count{endpoint="/v1/embeddings"} 2' in r.text
+
+
+def test_metrics_registry_renders_the_exposition_format():
+    m = Metrics()
+    m.declare("h", "histogram", "a histogram", (1, 10))
+    m.declare("c", "counter", "a counter")
+    for value in (0.5, 5, 50):
+        m.observe("h", value, model='a"b')
+    m.inc("c", 2, endpoint="/x")
+    assert m.render().splitlines() == [
+        "# HELP h a histogram",
+        "# TYPE h histogram",
+        'h_bucket{model="a\\"b",le="1"} 1',
+        'h_bucket{model="a\\"b",le="10"} 2',
+        'h_bucket{model="a\\"b",le="+Inf"} 3',
+        'h_sum{model="a\\"b"} 55.5',
+        'h_count{model="a\\"b"} 3',
+        "# HELP c a counter",
+        "# TYPE c counter",
+        'c{endpoint="/x"} 2',
+    ]
+    with pytest.raises(ValueError, match="only goes up"):
+        m.inc("c", -1)
+
+
+def test_cli_serve(minilm_dir, monkeypatch):
+    import uvicorn
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: ran.update(app=app, **kwargs))
+    monkeypatch.setenv("EMBZOO_API_KEY", "from-env")
+    main(["serve", "--model", f"mini={minilm_dir}", "--device", "cpu", "--port", "8123", "--max-queue", "7"])
+    service = ran["app"].state.service
+    assert list(service.models) == ["mini"] and isinstance(service.models["mini"], embzoo.Embedder)
+    assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
+    assert service.settings == ServerSettings(api_key="from-env", max_queue=7)
+    with pytest.raises(SystemExit, match="two models named 'm'"):
+        main(["serve", "--model", f"m={minilm_dir}", "--model", f"m={minilm_dir}", "--device", "cpu"])
+
+
+def test_load_test_runs_without_errors(minilm):
+    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+    from load_test import run_load_test
+
+    settings = ServerSettings(max_wait_ms=20)
+    report = run_load_test(minilm, clients=4, seconds=1.5, max_inputs=3, pool_size=16, settings=settings)
+    assert report["errors"] == 0, report["error_messages"]
+    assert report["requests"] >= 4 and report["p50_ms"] <= report["p99_ms"]
+
+
+def test_model_inputs_concat_fills_what_none_means():
+    a = ModelInputs([[1, 2, 3]], truncated=1, skips=np.array([2]), keep=[np.array([True, False, True])])
+    b = ModelInputs([[4, 5]], truncated=0, key_lengths=[1])
+    both = ModelInputs.concat([a, b])
+    assert both.ids == [[1, 2, 3], [4, 5]] and both.truncated == 1
+    assert both.skips.tolist() == [2, 0] and both.key_lengths == [3, 1]
+    assert [k.tolist() for k in both.keep] == [[True, False, True], [True, True]]
+    assert ModelInputs.concat([b, b]).skips is None
+
+
+def test_lengths_count_tokens_before_truncation(minilm_dir):
+    tok = TextTokenizer.from_folder(minilm_dir, 16, end_token="[MASK]")  # every input ends with [MASK]
+    texts = ["word " * 40, "short"]
+    ids, cut = tok.encode(texts)
+    assert cut == 1 and len(ids[0]) == 16 and tok.lengths(texts) == [1 + 40 + 1 + 1, len(ids[1])]
