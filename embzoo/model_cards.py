@@ -43,7 +43,9 @@ $embzoo_notes
 
 $st_usage
 
-HTTP server: see the embzoo README.
+## Use with the HTTP server
+
+$server_usage
 
 ## Model facts
 
@@ -411,6 +413,29 @@ def _activation(entry: CatalogEntry) -> str:
     return "the activation the checkpoint stores (sigmoid when it stores none), as CrossEncoder does"
 
 
+def _server_usage(entry: CatalogEntry, repo_id: str | None) -> str:
+    """`embzoo serve` and one request: /v1/embeddings for sentence vectors, /v1/rerank for rerankers and for models
+    whose vectors are per token or sparse (the server ranks with their own scores)."""
+    name = repo_id or entry.hub_id
+    serve = f"embzoo serve --model {name} --port 8000"
+    k = kind(entry)
+    if is_reranker(entry) or k in ("colbert", "splade"):
+        body = {"model": name, "query": EXAMPLE_QUERY, "documents": EXAMPLE_DOCS, "top_n": 1}
+        endpoint, note = "rerank", "`/v1/rerank` (Cohere / Jina schema) ranks with the model's own scores"
+        if k in ("colbert", "splade"):
+            note += "; `/v1/embeddings` serves sentence vectors only, which this model has not"
+    else:
+        body = {"model": name, "input": [EXAMPLE_QUERY, *EXAMPLE_DOCS]}
+        endpoint, note = "embeddings", "`/v1/embeddings` (OpenAI schema) returns `encode`'s vectors"
+        if entry.prompts:
+            body["prompt_name"] = next(iter(entry.prompts))
+            note += "; `prompt_name` / `prompt` / `instruction` work as in `encode`"
+    request = f"curl -s localhost:8000/v1/{endpoint} -H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+    return (
+        f"```bash\n{serve}\n{request}\n```\n\n{note} (`pip install 'embzoo[serve]'`; see the README's Serving section)."
+    )
+
+
 def _st_usage(entry: CatalogEntry, repo_id: str | None) -> str:
     support, name = _st_support(entry), repo_id or entry.hub_id
     if support in NOT_SENTENCE_TRANSFORMERS:
@@ -588,6 +613,7 @@ def card_body(entry: CatalogEntry, repo_id: str | None = None, converted: bool =
         embzoo_usage=_embzoo_usage(entry, repo_id),
         embzoo_notes=_embzoo_notes(entry),
         st_usage=st_usage,
+        server_usage=_server_usage(entry, repo_id),
         facts=_facts(entry),
         prompts=_prompts(entry),
         evidence=_evidence(entry),

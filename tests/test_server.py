@@ -4,6 +4,7 @@ against the models' offline encode / rank / score, dynamic batching of concurren
 
 import asyncio
 import base64
+import json
 import re
 import sys
 import threading
@@ -382,3 +383,35 @@ def test_lengths_count_tokens_before_truncation(minilm_dir):
     texts = ["word " * 40, "short"]
     ids, cut = tok.encode(texts)
     assert cut == 1 and len(ids[0]) == 16 and tok.lengths(texts) == [1 + 40 + 1 + 1, len(ids[1])]
+
+
+@pytest.mark.parametrize(
+    "hub_id", ["sentence-transformers/all-MiniLM-L6-v2", "cross-encoder/ms-marco-MiniLM-L6-v2", "naver/splade-v3"]
+)
+def test_the_model_cards_requests_are_served(hub_id, minilm, make_checkpoint):
+    """The curl request each card prints is one the server answers (the model under the card's name)."""
+    import shlex
+
+    from embzoo.catalog import lookup
+    from embzoo.model_cards import card_body
+
+    body = card_body(lookup(hub_id))
+    command = next(line for line in body.splitlines() if line.startswith("curl "))
+    words = shlex.split(command)
+    path = words[2].removeprefix("localhost:8000")
+    payload = json.loads(words[words.index("-d") + 1])
+    if hub_id == "naver/splade-v3":
+        from test_splade import splade_folder
+
+        model = embzoo.load(splade_folder(make_checkpoint)[0], device="cpu")
+    elif hub_id.startswith("cross-encoder"):
+        model = embzoo.load(bert_checkpoint(make_checkpoint)[0], device="cpu")
+    else:
+        model = minilm
+
+    async def go():
+        async with serving({hub_id: model}) as (_, client):
+            return await client.post(path, json=payload)
+
+    response = asyncio.run(go())
+    assert response.status_code == 200, response.text
