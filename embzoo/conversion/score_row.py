@@ -31,7 +31,8 @@ def score_row(snapshot: Snapshot, positive: int, negative: int | None) -> torch.
         files = [f for f in weight_files(snapshot.model_dir) if CONVERTED_ROW in f.shapes]
         if not files:
             raise SnapshotError(f"{snapshot.model_dir}: this embzoo folder has no {CONVERTED_ROW!r} tensor")
-        return dict(read_weights(files[0], [CONVERTED_ROW]))[CONVERTED_ROW].float()
+        # a copy: the file's mapping may leave the tensor unaligned, and a misaligned row rounds dot products otherwise
+        return dict(read_weights(files[0], [CONVERTED_ROW]))[CONVERTED_ROW].float().clone()
     config = snapshot.config
     kind = config["model_type"]
     if kind not in TIED_BY_DEFAULT:
