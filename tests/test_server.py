@@ -415,3 +415,108 @@ def test_the_model_cards_requests_are_served(hub_id, minilm, make_checkpoint):
 
     response = asyncio.run(go())
     assert response.status_code == 200, response.text
+
+
+def test_api_key_is_checked_under_a_mount_prefix(minilm):
+    from fastapi import FastAPI
+
+    async def scenario():
+        app = create_app({"mini": minilm}, ServerSettings(api_key="s3cret"))
+        parent = FastAPI()
+        parent.mount("/embed", app)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=parent)
+            async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
+                return [
+                    await client.post("/embed/v1/embeddings", json={"input": "x"}),
+                    await client.get("/embed/v1/models", headers={"Authorization": "bearer s3cret"}),
+                    await client.get("/embed/openapi.json"),
+                    await client.get("/embed/docs"),
+                ]
+
+    missing, lower_case, openapi, docs = asyncio.run(scenario())
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    assert lower_case.status_code == 200
+    assert openapi.status_code == 404 and docs.status_code == 404  # no API description without the key
+
+
+def test_model_failures_answer_500_and_fail_only_their_job(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}, max_wait_ms=200) as (app, client):
+            batcher = app.state.service.batchers["mini"]
+            forward = batcher.embed_fn
+            failures = [RuntimeError("CUDA out of memory"), ValueError("internal shape mismatch")]
+
+            def flaky(inputs):
+                if failures:
+                    raise failures.pop(0)
+                return forward(inputs)
+
+            batcher.embed_fn = flaky
+            runtime = await client.post("/v1/embeddings", json={"input": "x"})
+            value = await client.post("/v1/embeddings", json={"input": "x"})
+            after = await client.post("/v1/embeddings", json={"input": "x"})
+            batcher.embed_fn = lambda inputs: forward(inputs) * float("nan")
+            nan = await client.post("/v1/embeddings", json={"input": "x"})
+            batcher.embed_fn = forward
+
+            def broken(rows):
+                raise RuntimeError("finish failed")
+
+            merged = await asyncio.gather(
+                batcher.embed(minilm.tokenize(["a"]), broken),
+                batcher.embed(minilm.tokenize(["b", "c"]), lambda rows: rows.shape),
+                return_exceptions=True,
+            )
+            return runtime, value, after, nan, merged, await client.get("/nowhere"), await client.get("/v1/score")
+
+    runtime, value, after, nan, merged, nowhere, method = asyncio.run(scenario())
+    for failed in (runtime, value, nan):
+        assert failed.status_code == 500, failed.text
+        assert failed.json()["error"]["message"] == "internal error" and failed.json()["error"]["type"] == "server_error"
+    assert after.status_code == 200
+    assert isinstance(merged[0], RuntimeError) and tuple(merged[1]) == (2, 384)
+    assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "not_found_error"
+    assert method.status_code == 405 and "does not take GET" in method.json()["error"]["message"]
+
+
+def test_back_pressure_before_tokenizing(minilm, monkeypatch):
+    tokenized = []
+    tokenize = minilm.tokenize
+    monkeypatch.setattr(minilm, "tokenize", lambda *a, **k: tokenized.append(1) or tokenize(*a, **k))
+
+    async def chunks():
+        yield b'{"input": "'
+        yield b"x" * 300
+        yield b'"}'
+
+    async def scenario():
+        async with serving({"mini": minilm}, max_queue=2, max_queue_tokens=10, max_request_bytes=200) as (app, client):
+            batcher = app.state.service.batchers["mini"]
+            holder, started, release = blocked(app)
+            await asyncio.to_thread(started.wait, 10)
+            queued = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "a b c d e"}))
+            await until(lambda: batcher.depth == 1)
+            tokens = await client.post("/v1/embeddings", json={"input": "f g h i j"})  # 7 + 7 tokens: over 10
+            cancelled = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "k"}))
+            await until(lambda: batcher.depth == 2)
+            cancelled.cancel()  # the client went away: its slot is free again
+            await until(lambda: batcher.depth == 1)
+            blocking = batcher.call(lambda: None)
+            full = asyncio.ensure_future(blocking)
+            await until(lambda: batcher.depth == 2)
+            calls = len(tokenized)
+            refused = await client.post("/v1/embeddings", json={"input": "refused"})
+            refused_calls = len(tokenized) - calls
+            big = await client.post("/v1/embeddings", json={"input": "x" * 300})
+            chunked = await client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
+            release.set()
+            await full
+            return tokens, refused, refused_calls, big, chunked, await queued, await holder
+
+    tokens, refused, refused_calls, big, chunked, queued, _ = asyncio.run(scenario())
+    assert tokens.status_code == 429 and "--max-queue-tokens" in tokens.json()["error"]["message"]
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1" and refused_calls == 0
+    assert big.status_code == 413 and "limit of 200 bytes" in big.json()["error"]["message"]
+    assert chunked.status_code == 413 and "limit of 200 bytes" in chunked.json()["error"]["message"]
+    assert queued.status_code == 200

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -58,11 +60,13 @@ class Batcher:
         max_batch_tokens: int,
         max_wait_ms: float,
         max_queue: int,
+        max_queue_tokens: int,
+        max_preparing: int = 4,
     ):
-        if max_batch_tokens < 1 or max_wait_ms < 0 or max_queue < 1:
+        if min(max_batch_tokens, max_queue, max_queue_tokens, max_preparing) < 1 or max_wait_ms < 0:
             raise ValueError(
-                f"max_batch_tokens and max_queue must be positive and max_wait_ms ≥ 0; got {max_batch_tokens}, "
-                f"{max_queue}, {max_wait_ms}"
+                "max_batch_tokens, max_queue, max_queue_tokens and max_preparing must be positive and max_wait_ms ≥ 0; "
+                f"got {max_batch_tokens}, {max_queue}, {max_queue_tokens}, {max_preparing}, {max_wait_ms}"
             )
         self.name = name
         self.embed_fn = embed
@@ -70,7 +74,11 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
+        self.max_queue_tokens = max_queue_tokens
         self._queue: deque[_Job] = deque()
+        self._queued_tokens = 0
+        self._preparing = 0  # requests holding a slot while they tokenize (or wait to)
+        self._prepare_gate = asyncio.Semaphore(max_preparing)
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -78,8 +86,28 @@ class Batcher:
 
     @property
     def depth(self) -> int:
-        """Jobs waiting (not yet running)."""
-        return len(self._queue)
+        """Jobs waiting (not yet running), and requests preparing one (see prepare)."""
+        return len(self._queue) + self._preparing
+
+    @property
+    def alive(self) -> bool:
+        """The worker is started and has not stopped (closing, or a crash)."""
+        return self._worker is not None and not self._worker.done()
+
+    @asynccontextmanager
+    async def prepare(self) -> AsyncIterator[None]:
+        """A queue slot held while a request prepares its job (tokenizes), at most max_preparing at once:
+        QueueFull at once when the queue and the preparing requests fill max_queue, NotRunning when closing.
+        Submit the job after leaving the block."""
+        self._check_open()
+        if self.depth >= self.max_queue:
+            raise QueueFull(f"{self.name} has {self.depth} requests queued (the limit, --max-queue)")
+        self._preparing += 1
+        try:
+            async with self._prepare_gate:
+                yield
+        finally:
+            self._preparing -= 1
 
     def start(self) -> None:
         """Start the worker on the running event loop, and the model's thread."""
@@ -111,15 +139,36 @@ class Batcher:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    async def _submit(self, job: _Job) -> Any:
+    def _check_open(self) -> None:
         if self._worker is None or self._closing:
             raise NotRunning(f"{self.name} is {'shutting down' if self._closing else 'not started'}")
-        if len(self._queue) >= self.max_queue:
-            raise QueueFull(f"{self.name} has {len(self._queue)} requests queued (the limit, --max-queue)")
+
+    async def _submit(self, job: _Job) -> Any:
+        self._check_open()
+        if len(self._queue) + self._preparing >= self.max_queue:
+            raise QueueFull(f"{self.name} has {self.depth} requests queued (the limit, --max-queue)")
+        if self._queue and self._queued_tokens + job.tokens > self.max_queue_tokens:
+            raise QueueFull(
+                f"{self.name} has {self._queued_tokens} tokens queued; {job.tokens} more pass the limit "
+                "(--max-queue-tokens)"
+            )
         self._queue.append(job)
+        self._queued_tokens += job.tokens
         self._depth_changed()
         self._arrived.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the client went away: free its slot if the job still waits
+            if job in self._queue:
+                self._queue.remove(job)
+                self._queued_tokens -= job.tokens
+                self._depth_changed()
+            raise
+
+    def _take(self) -> _Job:
+        job = self._queue.popleft()
+        self._queued_tokens -= job.tokens
+        return job
 
     def _depth_changed(self) -> None:
         self.metrics.set("embzoo_queue_depth", len(self._queue), model=self.name)
@@ -142,39 +191,51 @@ class Batcher:
 
     async def _work(self) -> None:
         while await self._wait(None):
-            batch = [self._queue.popleft()]
+            batch = [self._take()]
             if batch[0].inputs is not None:
                 tokens, deadline = batch[0].tokens, batch[0].queued_at + self.max_wait
                 while tokens < self.max_batch_tokens and await self._wait(deadline):
                     head = self._queue[0]
                     if head.inputs is None or tokens + head.tokens > self.max_batch_tokens:
                         break
-                    batch.append(self._queue.popleft())
+                    batch.append(self._take())
                     tokens += head.tokens
-                self.metrics.observe("embzoo_batch_tokens", tokens, model=self.name)
-                self.metrics.observe("embzoo_batch_requests", len(batch), model=self.name)
             self._depth_changed()
             batch = [job for job in batch if not job.future.done()]  # a client that went away: skip its job
-            if batch:
-                await self._run(batch)
+            if not batch:
+                continue
+            if batch[0].inputs is not None:
+                self.metrics.observe("embzoo_batch_tokens", sum(job.tokens for job in batch), model=self.name)
+                self.metrics.observe("embzoo_batch_requests", len(batch), model=self.name)
+            await self._run(batch)
 
     async def _run(self, batch: list[_Job]) -> None:
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._compute, batch)
-        except Exception as error:  # the model failed: every request of the batch gets the error
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(error)
-            return
-        for job, result in zip(batch, results, strict=True):
-            if not job.future.done():
-                job.future.set_result(result)
+            outcomes = await asyncio.get_running_loop().run_in_executor(self._executor, self._compute, batch)
+        except Exception as error:  # the forward failed: every request of the batch gets the error
+            outcomes = [error] * len(batch)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
 
     def _compute(self, batch: list[_Job]) -> list[Any]:
         """On the model's thread: a job run alone, or the merged embedding jobs' forward split into each
-        job's result."""
+        job's result. A job's failure (its work or its finish) is its outcome, an exception: it fails that job
+        alone."""
         if batch[0].inputs is None:
-            return [batch[0].work()]
+            return [_outcome(batch[0].work)]
         rows = self.embed_fn(ModelInputs.concat([job.inputs for job in batch]))
         parts = rows.split([len(job.inputs.ids) for job in batch])
-        return [job.finish(part) for job, part in zip(batch, parts, strict=True)]
+        return [_outcome(partial(job.finish, part)) for job, part in zip(batch, parts, strict=True)]
+
+
+def _outcome(work: Callable[[], Any]) -> Any:
+    """work()'s result, or the exception it raised."""
+    try:
+        return work()
+    except Exception as error:
+        return error

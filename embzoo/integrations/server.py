@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 import time
-from collections.abc import Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embzoo.api import Embedder, InputTooLong
 from embzoo.integrations.batcher import Batcher, NotRunning, QueueFull
@@ -48,9 +50,18 @@ ERROR_TYPES = {
     500: "server_error",
     503: "service_unavailable",
 }
+log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_BUCKETS = tuple(2.0**k for k in range(4, 18))  # 16 … 131072 tokens
 REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+POSITIVE_SETTINGS = (
+    "max_batch_tokens",
+    "max_queue",
+    "max_inputs_per_request",
+    "max_queue_tokens",
+    "max_request_bytes",
+)
 ENDPOINTS = ("/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/models", "/health", "/metrics")
 
 
@@ -58,13 +69,24 @@ ENDPOINTS = ("/v1/embeddings", "/v1/rerank", "/v1/score", "/v1/models", "/health
 class ServerSettings:
     """api_key: required as `Authorization: Bearer KEY` on /v1/* (None: open). max_batch_tokens: tokens per merged
     forward; max_wait_ms: how long a queued embedding job waits for others to join its batch; max_queue: jobs
-    waiting per model before 429; max_inputs_per_request: inputs, documents or pairs per request before 413."""
+    waiting (or tokenizing) per model before 429; max_inputs_per_request: inputs, documents or pairs per request
+    before 413; max_queue_tokens: tokens waiting per model before 429; max_request_bytes: request body size before
+    413. ValueError for a limit that is not positive."""
 
     api_key: str | None = None
     max_batch_tokens: int = 16384
     max_wait_ms: float = 5.0
     max_queue: int = 1024
     max_inputs_per_request: int = 2048
+    max_queue_tokens: int = 1 << 20
+    max_request_bytes: int = 8 << 20
+
+    def __post_init__(self) -> None:
+        limits = {name: getattr(self, name) for name in POSITIVE_SETTINGS}
+        bad = {name: value for name, value in limits.items() if not value >= 1}
+        if bad or not self.max_wait_ms >= 0:
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items()) or f"max_wait_ms={self.max_wait_ms}"
+            raise ValueError(f"server settings: {shown}; the limits must be positive and max_wait_ms ≥ 0")
 
 
 def _declare(metrics: Metrics) -> None:
@@ -103,8 +125,10 @@ def _validation_error(error: RequestValidationError) -> ApiError:
     return ApiError(400, f"{field}: {first['msg']}{got}", field)
 
 
-def _json(body: Any) -> Response:
-    return Response(json.dumps(body, ensure_ascii=False), media_type="application/json")
+async def _json(body: Any) -> Response:
+    """The body as JSON, rendered off the event loop; a NaN or infinity raises ValueError (a 500), not invalid JSON."""
+    text = await asyncio.to_thread(json.dumps, body, ensure_ascii=False, allow_nan=False)
+    return Response(text, media_type="application/json")
 
 
 def _vector(row: np.ndarray, encoding_format: str) -> list[float] | str:
@@ -112,6 +136,53 @@ def _vector(row: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
     return row.tolist()
+
+
+def _embedding_data(vectors: Any, encoding_format: str) -> list[dict]:
+    """The data list of an embeddings answer."""
+    return [
+        {"object": "embedding", "index": i, "embedding": _vector(v, encoding_format)} for i, v in enumerate(vectors)
+    ]
+
+
+class _BodyLimit:
+    """ASGI middleware answering 413 for a request body over `limit` bytes: at once from Content-Length, or while a
+    body without one (chunked) is read."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"the request body is over this server's limit of {self.limit} bytes; split the request")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await _error(self._too_large())(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+@contextmanager
+def _queue_answers() -> Iterator[None]:
+    """A batcher's refusals as answers: QueueFull → 429 (Retry-After), NotRunning → 503."""
+    try:
+        yield
+    except QueueFull as error:
+        raise ApiError(429, f"{error}; retry shortly", headers={"Retry-After": "1"}) from None
+    except NotRunning as error:
+        raise ApiError(503, str(error)) from None
 
 
 class _Service:
@@ -125,7 +196,10 @@ class _Service:
         self.metrics = Metrics()
         _declare(self.metrics)
         limits = dict(
-            max_batch_tokens=settings.max_batch_tokens, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue
+            max_batch_tokens=settings.max_batch_tokens,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            max_queue_tokens=settings.max_queue_tokens,
         )
         self.batchers = {
             name: Batcher(name, self._embed_fn(model), self.metrics, **limits) for name, model in self.models.items()
@@ -157,15 +231,10 @@ class _Service:
             )
 
     async def run(self, submit: Any) -> Any:
-        """await submit (a batcher job) as an answer: ValueError → 400, QueueFull → 429, NotRunning → 503."""
-        try:
+        """await submit (a batcher job) as an answer (see _queue_answers). Any other error is the server's (500):
+        requests are checked before they are queued."""
+        with _queue_answers():
             return await submit
-        except QueueFull as error:
-            raise ApiError(429, f"{error}; retry shortly", headers={"Retry-After": "1"}) from None
-        except NotRunning as error:
-            raise ApiError(503, str(error)) from None
-        except ValueError as error:  # an option the model refuses (instruction, prompt name, …)
-            raise ApiError(400, str(error)) from None
 
     async def embeddings(self, req: EmbeddingRequest) -> dict:
         name, model = self.pick(req.model)
@@ -184,24 +253,24 @@ class _Service:
         if kind == "ids" and prompts:
             raise ApiError(400, f"token-id inputs run as given; {', '.join(prompts)} apply to string inputs", "input")
         make = model.id_inputs if kind == "ids" else partial(model.tokenize, **prompts)
-        try:  # off the event loop (the tokenizer releases the GIL), beside the model's thread
-            inputs = await asyncio.to_thread(make, items, truncate=req.truncate)
+        batcher = self.batchers[name]
+        try:  # a queue slot first (429 before any work), then off the event loop (the tokenizer releases the GIL)
+            with _queue_answers():
+                async with batcher.prepare():
+                    inputs = await asyncio.to_thread(make, items, truncate=req.truncate)
         except InputTooLong as error:
             why = f"input {error.index} has {error.length} tokens, more than {name}'s limit of {error.limit}"
             raise ApiError(
                 413, f'{why}; shorten it, or send "truncate": true to cut it', f"input[{error.index}]"
             ) from None
-        except ValueError as error:
+        except ValueError as error:  # the request's prompt options or token ids, checked by tokenize / id_inputs
             raise ApiError(400, str(error), "input" if kind == "ids" else None) from None
         finish = partial(model.finish_sentences, dimensions=req.dimensions)
-        vectors = await self.run(self.batchers[name].embed(inputs, finish))
+        vectors = await self.run(batcher.embed(inputs, finish))
         tokens = sum(len(s) for s in inputs.ids)
         self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
         self.metrics.inc("embzoo_truncated_inputs_total", inputs.truncated, model=name)
-        data = [
-            {"object": "embedding", "index": i, "embedding": _vector(v, req.encoding_format)}
-            for i, v in enumerate(vectors)
-        ]
+        data = await asyncio.to_thread(_embedding_data, vectors, req.encoding_format)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated": inputs.truncated}
         return {"object": "list", "data": data, "model": name, "usage": usage}
 
@@ -211,6 +280,8 @@ class _Service:
             return {}
         if not isinstance(model, Ranker):
             raise ApiError(400, f"{model.name} is an embedding model: it takes no instruction", "instruction")
+        if model.inputs.default_instruction is None:
+            raise ApiError(400, f"{model.name} takes no instruction; leave instruction out", "instruction")
         return {"instruction": instruction}
 
     async def rerank(self, req: RerankRequest) -> dict:
@@ -249,12 +320,16 @@ class _Service:
         ]
         return {"object": "list", "data": data}
 
-    def authorized(self, request: Request) -> bool:
+    def require_key(self, request: Request) -> None:
+        """401 unless the request carries `Authorization: Bearer <api_key>` (the scheme in any case)."""
         key = self.settings.api_key
-        if key is None or not request.url.path.startswith("/v1/"):
-            return True
-        given = request.headers.get("authorization", "")
-        return secrets.compare_digest(given.encode(), f"Bearer {key}".encode())
+        if key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
+            missing = "authorization" not in request.headers
+            why = "no Authorization header" if missing else "a wrong API key"
+            raise ApiError(401, f"{why}: send `Authorization: Bearer <the server's --api-key>`")
 
     async def start(self) -> None:
         for batcher in self.batchers.values():
@@ -278,7 +353,8 @@ def create_app(models: Mapping[str, Embedder | Ranker], settings: ServerSettings
         yield
         await service.stop()
 
-    app = FastAPI(title="embzoo", lifespan=lifespan)
+    hidden = {"docs_url": None, "redoc_url": None, "openapi_url": None} if service.settings.api_key else {}
+    app = FastAPI(title="embzoo", lifespan=lifespan, **hidden)
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -289,6 +365,18 @@ def create_app(models: Mapping[str, Embedder | Ranker], settings: ServerSettings
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error(_validation_error(error))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"no endpoint {request.url.path}; this server answers {', '.join(ENDPOINTS)}"
+        elif error.status_code == 405:
+            message = f"{request.url.path} does not take {request.method}"
+        else:
+            message = str(error.detail)
+        return _error(ApiError(error.status_code, message, headers=error.headers))
+
+    app.add_middleware(_BodyLimit, limit=service.settings.max_request_bytes)
+
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
@@ -296,38 +384,43 @@ def create_app(models: Mapping[str, Embedder | Ranker], settings: ServerSettings
         endpoint = path if path in ENDPOINTS else "other"
         status = 500
         try:
-            if not service.authorized(request):
-                missing = "Authorization" not in request.headers
-                why = "no Authorization header" if missing else "a wrong API key"
-                response = _error(ApiError(401, f"{why}: send `Authorization: Bearer <the server's --api-key>`"))
-            else:
+            try:
                 response = await call_next(request)
+            except Exception:
+                log.exception("%s %s failed", request.method, path)
+                response = _error(ApiError(500, "internal error"))
             status = response.status_code
             return response
         finally:
             service.metrics.inc("embzoo_requests_total", endpoint=endpoint, status=str(status))
             service.metrics.observe("embzoo_request_duration_seconds", time.perf_counter() - start, endpoint=endpoint)
 
-    @app.post("/v1/embeddings")
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(service.require_key)])
+
+    @v1.post("/embeddings")
     async def embeddings(req: EmbeddingRequest) -> Response:
-        return _json(await service.embeddings(req))
+        return await _json(await service.embeddings(req))
 
-    @app.post("/v1/rerank")
+    @v1.post("/rerank")
     async def rerank(req: RerankRequest) -> Response:
-        return _json(await service.rerank(req))
+        return await _json(await service.rerank(req))
 
-    @app.post("/v1/score")
+    @v1.post("/score")
     async def score(req: ScoreRequest) -> Response:
-        return _json(await service.score(req))
+        return await _json(await service.score(req))
 
-    @app.get("/v1/models")
+    @v1.get("/models")
     async def model_list() -> Response:
-        return _json(service.model_list())
+        return await _json(service.model_list())
+
+    app.include_router(v1)
 
     @app.get("/health")
     async def health() -> Response:
-        if service.closing:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
+        dead = [name for name, batcher in service.batchers.items() if not batcher.alive]
+        if service.closing or dead:
+            why = "shutting down" if service.closing else f"the worker of {', '.join(dead)} stopped"
+            return JSONResponse({"status": why}, status_code=503)
         return JSONResponse({"status": "ok", "models": list(service.models)})
 
     @app.get("/metrics")
