@@ -473,7 +473,8 @@ def test_model_failures_answer_500_and_fail_only_their_job(minilm):
     runtime, value, after, nan, merged, nowhere, method = asyncio.run(scenario())
     for failed in (runtime, value, nan):
         assert failed.status_code == 500, failed.text
-        assert failed.json()["error"]["message"] == "internal error" and failed.json()["error"]["type"] == "server_error"
+        error = failed.json()["error"]
+        assert error["message"] == "internal error" and error["type"] == "server_error"
     assert after.status_code == 200
     assert isinstance(merged[0], RuntimeError) and tuple(merged[1]) == (2, 384)
     assert nowhere.status_code == 404 and nowhere.json()["error"]["type"] == "not_found_error"
@@ -509,7 +510,8 @@ def test_back_pressure_before_tokenizing(minilm, monkeypatch):
             refused = await client.post("/v1/embeddings", json={"input": "refused"})
             refused_calls = len(tokenized) - calls
             big = await client.post("/v1/embeddings", json={"input": "x" * 300})
-            chunked = await client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
+            json_type = {"content-type": "application/json"}
+            chunked = await client.post("/v1/embeddings", content=chunks(), headers=json_type)
             release.set()
             await full
             return tokens, refused, refused_calls, big, chunked, await queued, await holder
