@@ -270,10 +270,11 @@ class Embedder:
         texts, _ = _as_texts(texts)
         prefix = self._prompt(prompt_name, prompt, instruction)
         inputs = self._inputs(texts, prefix, None)
-        if inputs.truncated and not truncate:
-            lengths = self.tokenizer.lengths(self._full_texts(texts, prefix))
-            index = next(i for i, n in enumerate(lengths) if n > self.max_seq_length)
-            raise InputTooLong(index, lengths[index], self.max_seq_length)
+        if inputs.truncated and not truncate:  # measure the texts that reached the limit, one by one, not the batch
+            for i in (i for i, seq in enumerate(inputs.ids) if len(seq) >= self.max_seq_length):
+                length = self.tokenizer.lengths(self._full_texts([texts[i]], prefix))[0]
+                if length > self.max_seq_length:
+                    raise InputTooLong(i, length, self.max_seq_length)
         return inputs
 
     def id_inputs(self, ids: Sequence[Sequence[int]], *, truncate: bool = True) -> ModelInputs:

@@ -522,3 +522,14 @@ def test_back_pressure_before_tokenizing(minilm, monkeypatch):
     assert big.status_code == 413 and "limit of 200 bytes" in big.json()["error"]["message"]
     assert chunked.status_code == 413 and "limit of 200 bytes" in chunked.json()["error"]["message"]
     assert queued.status_code == 200
+
+
+def test_refusing_an_over_long_input_measures_only_the_cut_texts(minilm, monkeypatch):
+    from embzoo.api import InputTooLong
+
+    measured = []
+    lengths = minilm.tokenizer.lengths
+    monkeypatch.setattr(minilm.tokenizer, "lengths", lambda texts: measured.extend(texts) or lengths(texts))
+    with pytest.raises(InputTooLong) as refused:
+        minilm.tokenize(["short"] * 50 + ["ok " * 300], truncate=False)
+    assert (refused.value.index, refused.value.length) == (50, 302) and len(measured) == 1
