@@ -533,3 +533,23 @@ def test_refusing_an_over_long_input_measures_only_the_cut_texts(minilm, monkeyp
     with pytest.raises(InputTooLong) as refused:
         minilm.tokenize(["short"] * 50 + ["ok " * 300], truncate=False)
     assert (refused.value.index, refused.value.length) == (50, 302) and len(measured) == 1
+
+
+def test_requests_encode_would_answer_differently_are_refused(minilm, monkeypatch):
+    ids = [[101, 2204, 102]]
+
+    async def post(body):
+        async with serving({"mini": minilm}) as (_, client):
+            return await client.post("/v1/embeddings", json=body)
+
+    no_task = asyncio.run(post({"input": "x", "task": "retrieval.query"}))
+    assert no_task.status_code == 400 and "mini has no task adapters" in no_task.json()["error"]["message"]
+    monkeypatch.setattr(minilm, "instruction_mask", "text_tokens")  # LLM2Vec: the pool's skips come from the text
+    masked = asyncio.run(post({"input": ids}))
+    assert masked.status_code == 400 and "instruction_mask='text_tokens'" in masked.json()["error"]["message"]
+    monkeypatch.setattr(minilm, "instruction_mask", "prompt")
+    monkeypatch.setattr(minilm.model.backbone, "task_lora", object())  # jina-embeddings-v3's task adapters
+    task = asyncio.run(post({"input": "x", "task": "retrieval.query"}))
+    assert task.status_code == 400 and "with its base weights" in task.json()["error"]["message"]
+    lora_ids = asyncio.run(post({"input": ids}))
+    assert lora_ids.status_code == 400 and "task adapters, which token ids" in lora_ids.json()["error"]["message"]

@@ -244,6 +244,7 @@ class _Service:
                 400, f"{name} gives {gives}, not dense embeddings: use /v1/rerank or /v1/score with it", "model"
             )
         kind, items = embedding_input(req.input)
+        self._check_served_as_encode(name, model, kind, req.task)
         self.check_count(len(items), "input")
         if req.dimensions is not None and req.dimensions > model.dimension:
             why = f"dimensions must be in 1..{model.dimension} for {name}; got {req.dimensions}"
@@ -273,6 +274,20 @@ class _Service:
         data = await asyncio.to_thread(_embedding_data, vectors, req.encoding_format)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated": inputs.truncated}
         return {"object": "list", "data": data, "model": name, "usage": usage}
+
+    def _check_served_as_encode(self, name: str, model: Embedder, kind: str, task: str | None) -> None:
+        """400 for a request whose answer would differ from encode's: a task (the server runs base weights only),
+        token ids for a model with task adapters or whose pool leaves out instruction tokens found from the text."""
+        lora = model.model.backbone.task_lora
+        if task is not None:
+            why = f"{name} has no task adapters" if lora is None else f"this server runs {name} with its base weights"
+            raise ApiError(
+                400, f"task: {why}; leave task out (task adapters are served by encode(task=...) only)", "task"
+            )
+        if kind == "ids" and (lora is not None or model.instruction_mask != "prompt"):
+            why = "task adapters" if lora is not None else f"instruction_mask={model.instruction_mask!r}"
+            why += ", which token ids alone cannot reproduce (encode works from the text)"
+            raise ApiError(400, f"{name} has {why}; send the input as strings", "input")
 
     def _instruction(self, model: Embedder | Ranker, instruction: str | None) -> dict[str, Any]:
         """The keyword arguments rank / score take from a request: a reranker's instruction."""

@@ -30,6 +30,9 @@ class EmbeddingRequest(BaseModel):
     prompt: StrictStr | None = None
     instruction: StrictStr | None = None
     truncate: StrictBool = True
+    task: StrictStr | None = (
+        None  # refused: task adapters are not served (a clear 400, not a silent base-weight answer)
+    )
 
 
 class RerankRequest(BaseModel):
