@@ -201,7 +201,7 @@ def served_models(specs: list[str], device: str | None, dtype: str | None) -> di
             raise SystemExit(f"embzoo serve: two models named {name!r}; name them apart with --model NAME=...")
         try:
             models[name] = embzoo.load(path, device=device, dtype=dtype)
-        except ValueError as error:
+        except (ValueError, OSError, SnapshotError) as error:  # a bad option, no such folder, an unreadable checkpoint
             raise SystemExit(f"embzoo serve: {spec}: {error}") from None
     return models
 
@@ -210,12 +210,15 @@ def cmd_serve(args: argparse.Namespace) -> None:
     try:
         import uvicorn
 
-        from embzoo.integrations.server import ServerSettings, create_app
+        from embzoo.integrations.server import POSITIVE_SETTINGS, ServerSettings, create_app
     except ImportError as error:
         raise SystemExit(f"embzoo serve needs the serve extra: pip install 'embzoo[serve]' ({error})") from None
-    limits = ("max_batch_tokens", "max_wait_ms", "max_queue", "max_inputs_per_request")
+    limits = (*POSITIVE_SETTINGS, "max_wait_ms")
     given = {k: getattr(args, k) for k in limits if getattr(args, k) is not None}  # else ServerSettings' defaults
-    settings = ServerSettings(api_key=args.api_key or os.environ.get("EMBZOO_API_KEY") or None, **given)
+    try:
+        settings = ServerSettings(api_key=args.api_key or os.environ.get("EMBZOO_API_KEY") or None, **given)
+    except ValueError as error:
+        raise SystemExit(f"embzoo serve: {error}") from None
     app = create_app(served_models(args.model, args.device, args.dtype), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
@@ -336,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, help="how long a request waits for others to batch (default 5)")
     serve.add_argument("--max-queue", type=int, help="queued requests per model before 429 (default 1024)")
     serve.add_argument("--max-inputs-per-request", type=int, help="inputs per request before 413 (default 2048)")
+    serve.add_argument("--max-queue-tokens", type=int, help="queued tokens per model before 429 (default 1048576)")
+    serve.add_argument("--max-request-bytes", type=int, help="request body bytes before 413 (default 8388608)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(func=cmd_serve)
     return parser

@@ -356,6 +356,10 @@ def test_cli_serve(minilm_dir, monkeypatch):
     assert service.settings == ServerSettings(api_key="from-env", max_queue=7)
     with pytest.raises(SystemExit, match="two models named 'm'"):
         main(["serve", "--model", f"m={minilm_dir}", "--model", f"m={minilm_dir}", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="max_queue=0; the limits must be positive"):
+        main(["serve", "--model", f"mini={minilm_dir}", "--device", "cpu", "--max-queue", "0"])
+    with pytest.raises(SystemExit, match="embzoo serve: .*nowhere"):
+        main(["serve", "--model", str(Path(minilm_dir) / "nowhere"), "--device", "cpu"])
 
 
 def test_load_test_runs_without_errors(minilm):
@@ -553,3 +557,17 @@ def test_requests_encode_would_answer_differently_are_refused(minilm, monkeypatc
     assert task.status_code == 400 and "with its base weights" in task.json()["error"]["message"]
     lora_ids = asyncio.run(post({"input": ids}))
     assert lora_ids.status_code == 400 and "task adapters, which token ids" in lora_ids.json()["error"]["message"]
+
+
+def test_health_answers_503_when_a_worker_died(minilm):
+    async def scenario():
+        async with serving({"mini": minilm}) as (app, client):
+            ok = await client.get("/health")
+            worker = app.state.service.batchers["mini"]._worker
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+            return ok, await client.get("/health")
+
+    ok, dead = asyncio.run(scenario())
+    assert ok.status_code == 200
+    assert dead.status_code == 503 and dead.json()["status"] == "the worker of mini stopped"

@@ -119,7 +119,7 @@ class Batcher:
         self._closing = True
         self._arrived.set()
         if self._worker is not None:
-            await self._worker
+            await asyncio.gather(self._worker, return_exceptions=True)  # a worker that died (see alive) stops too
             self._executor.shutdown(wait=True)
 
     async def embed(self, inputs: ModelInputs, finish: Callable[[torch.Tensor], Any]) -> Any:
