@@ -71,7 +71,7 @@ async def _clients(url: str, pool: list[str], expected: np.ndarray, clients: int
             except httpx.HTTPError as error:
                 errors.append(f"{type(error).__name__}: {error}")
                 continue
-            latencies.append(time.perf_counter() - start)
+            took = time.perf_counter() - start
             if r.status_code != 200:
                 errors.append(f"HTTP {r.status_code}: {r.text[:200]}")
                 continue
@@ -79,6 +79,8 @@ async def _clients(url: str, pool: list[str], expected: np.ndarray, clients: int
             worst = float(np.abs(got - expected[idx]).max())
             if worst > TOLERANCE:
                 errors.append(f"answer differs from offline encode by {worst:.2e}")
+                continue
+            latencies.append(took)  # throughput and latency count correct answers only
             inputs += len(idx)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -103,12 +105,14 @@ def run_load_test(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Serve the embedder on loopback and load it for `seconds` with `clients` concurrent clients, each request
-    1 to max_inputs texts of a pool of pool_size; returns requests, inputs, errors (the first few messages too),
-    throughput and latency percentiles (ms)."""
+    1 to max_inputs texts of a pool of pool_size; returns requests and inputs answered correctly, errors (the first
+    few messages too), throughput and latency percentiles (ms) of the correct answers."""
     from embzoo.integrations.server import ServerSettings, create_app
 
     if not 1 <= clients <= MAX_CLIENTS or not 0 < seconds <= MAX_SECONDS:
         raise ValueError(f"clients must be in 1..{MAX_CLIENTS} and seconds in (0, {MAX_SECONDS}]")
+    if not 1 <= max_inputs <= pool_size:
+        raise ValueError(f"max_inputs must be in 1..pool_size ({pool_size}): a request samples distinct pool texts")
     pool = texts(pool_size, seed=seed)
     expected = model.encode(pool)
     server, thread, port = _start(create_app({"model": model}, settings or ServerSettings()))

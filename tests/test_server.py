@@ -6,7 +6,6 @@ import asyncio
 import base64
 import json
 import re
-import sys
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -362,14 +361,20 @@ def test_cli_serve(minilm_dir, monkeypatch):
         main(["serve", "--model", str(Path(minilm_dir) / "nowhere"), "--device", "cpu"])
 
 
-def test_load_test_runs_without_errors(minilm):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+def test_load_test_runs_without_errors(minilm, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
     from load_test import run_load_test
 
+    with pytest.raises(ValueError, match="max_inputs must be in 1..pool_size"):
+        run_load_test(minilm, max_inputs=17, pool_size=16)
     settings = ServerSettings(max_wait_ms=20)
     report = run_load_test(minilm, clients=4, seconds=1.5, max_inputs=3, pool_size=16, settings=settings)
     assert report["errors"] == 0, report["error_messages"]
     assert report["requests"] >= 4 and report["p50_ms"] <= report["p99_ms"]
+    refused = run_load_test(
+        minilm, clients=1, seconds=0.3, max_inputs=1, pool_size=4, settings=ServerSettings(max_request_bytes=10)
+    )  # every request answers 413: none counts in throughput or latency
+    assert refused["errors"] >= 1 and refused["requests"] == 0 and refused["p50_ms"] is None
 
 
 def test_model_inputs_concat_fills_what_none_means():
