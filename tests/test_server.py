@@ -576,3 +576,25 @@ def test_health_answers_503_when_a_worker_died(minilm):
     ok, dead = asyncio.run(scenario())
     assert ok.status_code == 200
     assert dead.status_code == 503 and dead.json()["status"] == "the worker of mini stopped"
+
+
+def test_more_bad_requests_are_explained(minilm):
+    async def scenario():
+        async with serving({"a": minilm, "b": minilm}) as (_, client):
+            return [
+                await client.post("/v1/embeddings", json={"input": "x"}),
+                await client.post("/v1/embeddings", json={"input": "x", "model": "c"}),
+                await client.post("/v1/embeddings", json=["x"]),
+                await client.post("/v1/embeddings", json={"input": [[101, 102], []], "model": "a"}),
+            ]
+
+    answers = asyncio.run(scenario())
+    expected = [
+        (400, "pass model: this server runs a, b"),
+        (404, "model 'c' is not served here; this server runs a, b"),
+        (400, "the request body must be a JSON object"),
+        (400, "token-id input 1 is empty"),
+    ]
+    for answer, (status, message) in zip(answers, expected, strict=True):
+        assert answer.status_code == status, answer.text
+        assert message in answer.json()["error"]["message"], answer.text

@@ -159,7 +159,7 @@ class _BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and length.isdigit() and int(length) > self.limit:
             return await _error(self._too_large())(scope, receive, send)
         seen = 0
 
