@@ -3,8 +3,9 @@
 Endpoints: POST /v1/embeddings (OpenAI), /v1/rerank (Cohere / Jina), /v1/score (vLLM); GET /v1/models, /health,
 /metrics (Prometheus text). Embedding requests to one model are batched together (embzoo.integrations.batcher);
 reranks and scores run one request at a time on the same model thread. Errors answer OpenAI's shape
-{"error": {"message", "type", "param", "code"}}: 400 bad field, 401 missing API key, 404 unknown model, 413 too
-many or too long inputs, 429 queue full (Retry-After), 503 shutting down.
+{"error": {"message", "type", "param", "code"}}: 400 bad field, 401 missing API key, 404 unknown model or route,
+413 too many or too long inputs or too big a body, 429 queue full (Retry-After), 500 internal error (logged), 503
+shutting down.
 """
 
 from __future__ import annotations
