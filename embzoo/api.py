@@ -17,7 +17,7 @@ from embzoo.late_interaction import LateInteraction
 from embzoo.modeling.batch import PackedBatch
 from embzoo.modeling.embedding_model import EmbeddingModel
 from embzoo.modeling.named_lora import NamedLoRA
-from embzoo.packing import token_budget_batches
+from embzoo.packing import batch_tokens_for, token_budget_batches
 from embzoo.quantization import PRECISIONS, calibration_ranges, quantize
 from embzoo.reranker import as_pairs, ranked
 from embzoo.scoring import dense_scores, maxsim_scores, sparse_scores
@@ -234,7 +234,7 @@ class Embedder:
         if sparse_format not in SPARSE_FORMATS:
             raise ValueError(f"unknown sparse_format {sparse_format!r}; allowed: {SPARSE_FORMATS}")
         show = len(texts) >= PROGRESS_MIN_TEXTS if show_progress_bar is None else show_progress_bar
-        run = _Pass(names, self._batch_tokens(batch_tokens), show, max_active_dims, role)
+        run = _Pass(names, batch_tokens_for(self.device, batch_tokens), show, max_active_dims, role)
         results = self._run_groups(texts, tasks, adapters, prefix, run)
         out: dict[str, Any] = {}
         for name, value in results.items():
@@ -302,16 +302,10 @@ class Embedder:
         and normalization (finish_sentences applies them); forwarded in length-sorted token-budget batches."""
         if not inputs.ids:
             return torch.zeros(0, self.dimension, device=self.device)
-        run = _Pass(("sentence",), self._batch_tokens(batch_tokens), show=False)
+        run = _Pass(("sentence",), batch_tokens_for(self.device, batch_tokens), show=False)
         batches = token_budget_batches([len(s) for s in inputs.ids], run.batch_tokens)
         parts = [self._forward(inputs.select(idx), run)["sentence"] for idx in batches]
         return _restore(parts, np.concatenate(batches), len(inputs.ids))
-
-    def _batch_tokens(self, batch_tokens: int | None) -> int:
-        """The token budget per packed batch: as given, else 16384 on CUDA, 4096 elsewhere."""
-        if batch_tokens is not None:
-            return batch_tokens
-        return 16384 if self.device.type == "cuda" else 4096
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
         """encode with the model's "query" prompt (a ColBERT query: marker and [MASK] expansion), if it has one."""

@@ -5,6 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+
+CUDA_BATCH_TOKENS, HOST_BATCH_TOKENS = 16384, 4096  # default tokens per packed batch on CUDA / elsewhere
+
+
+def batch_tokens_for(device: torch.device, batch_tokens: int | None = None) -> int:
+    """The token budget per packed batch: batch_tokens as given, else the default for the device."""
+    if batch_tokens is not None:
+        return batch_tokens
+    return CUDA_BATCH_TOKENS if device.type == "cuda" else HOST_BATCH_TOKENS
 
 
 def token_budget_batches(lengths: Sequence[int], batch_tokens: int, sort: bool = True) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from embzoo.modeling.batch import PackedBatch
-from embzoo.packing import token_budget_batches
+from embzoo.packing import batch_tokens_for, token_budget_batches
 
 ACTIVATIONS = ("sigmoid", "none")  # "none" = the raw logit
 PROGRESS_MIN_PAIRS = 1024
@@ -158,8 +158,7 @@ class Reranker(Ranker):
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; allowed: {ACTIVATIONS}")
         self._check_instruction(instruction)
-        if batch_tokens is None:
-            batch_tokens = 16384 if self.device.type == "cuda" else 4096
+        batch_tokens = batch_tokens_for(self.device, batch_tokens)
         show = len(pairs) >= PROGRESS_MIN_PAIRS if show_progress_bar is None else show_progress_bar
         logits = self._run(pairs, instruction, batch_tokens, show)
         return (torch.sigmoid(logits) if activation == "sigmoid" else logits).cpu().numpy()

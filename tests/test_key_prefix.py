@@ -71,7 +71,7 @@ def test_cuda_key_prefix_backbone_matches_sdpa(make_checkpoint, backend):
     from embzoo.modeling.attention import available_backends
 
     if backend not in available_backends("cuda", torch.bfloat16, {"key_prefix"}):
-        pytest.skip(f"{backend} is not available here")
+        pytest.skip(f"{backend} cannot run here: flash-attn is not installed, or torch lacks varlen_attn")
     model_cls, config = MODELS["bert"]
     folder, _ = make_checkpoint(model_cls, config, noise=0.2)
     batch = PackedBatch.from_sequences(ragged_ids(LENGTHS, config.vocab_size), key_lengths=KEYS).to("cuda")

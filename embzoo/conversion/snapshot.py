@@ -21,8 +21,14 @@ ST_MLM_TRANSFORMER, ST_SPLADE = "MLMTransformer", "SpladePooling"  # sentence-tr
 ST_MODULES = (ST_TRANSFORMER, ST_POOLING, ST_DENSE, ST_NORMALIZE, ST_MLM_TRANSFORMER, ST_SPLADE)
 # module order embzoo runs, by kind letter: Transformer → Pooling → Dense… → Normalize (a ColBERT model: Dense
 # layers with no Pooling, per token), or Transformer → SpladePooling
-MODULE_LETTERS = {ST_TRANSFORMER: "T", ST_MLM_TRANSFORMER: "T", ST_POOLING: "P", ST_DENSE: "D", ST_NORMALIZE: "N"}
-MODULE_LETTERS[ST_SPLADE] = "S"
+MODULE_LETTERS = {
+    ST_TRANSFORMER: "T",
+    ST_MLM_TRANSFORMER: "T",
+    ST_POOLING: "P",
+    ST_DENSE: "D",
+    ST_NORMALIZE: "N",
+    ST_SPLADE: "S",
+}
 MODULE_ORDER = re.compile(r"T(?:P?D*N?|S)")
 # PyLate's ColBERT settings in config_sentence_transformers.json (see embzoo.conversion.output_heads)
 COLBERT_KEYS = (

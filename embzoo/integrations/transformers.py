@@ -99,8 +99,6 @@ class EmbzooModel(PreTrainedModel):
         device = next(self.module.parameters()).device
         input_ids = input_ids.to(device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-        if mask.shape[1] and not bool(mask[:, 0].all()):
-            raise ValueError("attention_mask is left-padded; tokenize with tokenizer.padding_side = 'right'")
         cu, max_len = kernels.cu_seqlens_from_mask(mask)
         ids = kernels.unpad(input_ids, cu)
         starts = torch.repeat_interleave(cu[:-1].long(), (cu[1:] - cu[:-1]).long(), output_size=ids.numel())

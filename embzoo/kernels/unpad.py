@@ -107,8 +107,8 @@ def cu_seqlens_from_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, in
     bad_rows = (mask != expected).any(dim=1).nonzero().flatten()
     if bad_rows.numel() > 0:
         raise ValueError(
-            "attention_mask must be right-padded (each row: ones followed by zeros); "
-            f"rows {bad_rows[:8].tolist()} are not"
+            "attention_mask must be right-padded (each row: ones followed by zeros; a tokenizer pads so with "
+            f"tokenizer.padding_side = 'right'); rows {bad_rows[:8].tolist()} are not"
         )
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
     max_seqlen = int(lengths.max()) if lengths.numel() > 0 else 0
