@@ -261,14 +261,19 @@ class Embedder:
         prompt_name: str | None = None,
         prompt: str | None = None,
         instruction: str | None = None,
+        task: str | None = None,
         truncate: bool = True,
     ) -> ModelInputs:
         """The inputs encode runs for the texts' sentence vectors (prompt + text + suffix as token ids, cut to
         max_seq_length, with the pool skips), for sentence_vectors; truncate=False raises InputTooLong for the first
-        over-long text instead of cutting it."""
+        over-long text instead of cutting it. task: its instruction is the prompt (run them with the same task)."""
         self._output_names("sentence")
         texts, _ = _as_texts(texts)
-        prefix = self._prompt(prompt_name, prompt, instruction)
+        if task is None:
+            prefix = self._prompt(prompt_name, prompt, instruction)
+        else:
+            self._tasks(task, len(texts), (prompt_name, prompt, instruction))
+            prefix = self.task_instructions.get(task, "")
         inputs = self._inputs(texts, prefix, None)
         if inputs.truncated and not truncate:  # measure the texts that reached the limit, one by one, not the batch
             for i in (i for i, seq in enumerate(inputs.ids) if len(seq) >= self.max_seq_length):
@@ -297,14 +302,24 @@ class Embedder:
         return ModelInputs(out, truncated=sum(len(s) > limit for s in ids))
 
     @torch.inference_mode()
-    def sentence_vectors(self, inputs: ModelInputs, *, batch_tokens: int | None = None) -> torch.Tensor:
+    def sentence_vectors(
+        self,
+        inputs: ModelInputs,
+        *,
+        batch_tokens: int | None = None,
+        task: str | None = None,
+        adapter: str | None = None,
+    ) -> torch.Tensor:
         """float32 [N, D] sentence vectors of tokenized inputs (tokenize, id_inputs), in order, before truncation
-        and normalization (finish_sentences applies them); forwarded in length-sorted token-budget batches."""
+        and normalization (finish_sentences applies them); forwarded in length-sorted token-budget batches, with
+        the task's adapter and the named adapter added per batch (None: the base weights)."""
         if not inputs.ids:
             return torch.zeros(0, self.dimension, device=self.device)
+        self.check_weights(task, adapter)
         run = _Pass(("sentence",), batch_tokens_for(self.device, batch_tokens), show=False)
         batches = token_budget_batches([len(s) for s in inputs.ids], run.batch_tokens)
-        parts = [self._forward(inputs.select(idx), run)["sentence"] for idx in batches]
+        with self._weights(task, adapter, alone=False):
+            parts = [self._forward(inputs.select(idx), run)["sentence"] for idx in batches]
         return _restore(parts, np.concatenate(batches), len(inputs.ids))
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
@@ -473,7 +488,7 @@ class Embedder:
             return None
         lora = self.model.backbone.task_lora
         if lora is None:
-            raise ValueError(f"{self.name or 'this model'} has no task adapters; call encode without task=")
+            raise ValueError(f"{self.name or 'this model'} has no task adapters; leave task out")
         if any(p is not None for p in prompts):
             raise ValueError("task= sets the prompt (its instruction); pass no prompt, prompt_name or instruction")
         tasks = [task] * count if isinstance(task, str) else list(task)
@@ -500,6 +515,14 @@ class Embedder:
             if name is not None:
                 self.adapters.check(name)
         return names
+
+    def check_weights(self, task: str | None, adapter: str | None) -> None:
+        """ValueError unless task names one of the model's task adapters and adapter one of its named adapters
+        (None: not asked for)."""
+        if task is not None:
+            self._tasks(task, 1, ())
+        if adapter is not None:
+            self._adapters(adapter, 1)
 
     def merge_adapter(self, name: str) -> None:
         """Merge the named adapter into the weights for good: it becomes the base weights every later call

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
+from conftest import TINY_QWEN3, save_checkpoint
 from test_rerank import bert_checkpoint
 
 import embzoo
@@ -552,16 +554,72 @@ def test_requests_encode_would_answer_differently_are_refused(minilm, monkeypatc
             return await client.post("/v1/embeddings", json=body)
 
     no_task = asyncio.run(post({"input": "x", "task": "retrieval.query"}))
-    assert no_task.status_code == 400 and "mini has no task adapters" in no_task.json()["error"]["message"]
+    assert no_task.status_code == 400 and no_task.json()["error"]["param"] == "task"
+    assert "all-MiniLM-L6-v2 has no task adapters; leave task out" in no_task.json()["error"]["message"]
+    no_adapter = asyncio.run(post({"input": "x", "adapter": "a"}))
+    assert no_adapter.status_code == 400 and no_adapter.json()["error"]["param"] == "adapter"
+    assert "no named adapters" in no_adapter.json()["error"]["message"]
     monkeypatch.setattr(minilm, "instruction_mask", "text_tokens")  # LLM2Vec: the pool's skips come from the text
     masked = asyncio.run(post({"input": ids}))
     assert masked.status_code == 400 and "instruction_mask='text_tokens'" in masked.json()["error"]["message"]
-    monkeypatch.setattr(minilm, "instruction_mask", "prompt")
-    monkeypatch.setattr(minilm.model.backbone, "task_lora", object())  # jina-embeddings-v3's task adapters
-    task = asyncio.run(post({"input": "x", "task": "retrieval.query"}))
-    assert task.status_code == 400 and "with its base weights" in task.json()["error"]["message"]
-    lora_ids = asyncio.run(post({"input": ids}))
-    assert lora_ids.status_code == 400 and "task adapters, which token ids" in lora_ids.json()["error"]["message"]
+
+
+def test_task_requests_match_encode_and_batch_by_task(make_checkpoint):
+    from families.test_jina_embeddings_v3 import SMALL, build_native, lora_factors, to_original
+
+    folder, ref = build_native(make_checkpoint)
+    folder = to_original(folder, ref.state_dict(), lora_factors(ref.state_dict(), SMALL["num_hidden_layers"]))
+    jina = embzoo.load(folder, device="cpu")
+    asked = [("retrieval.query", DOCS[:2]), (None, DOCS), ("retrieval.passage", DOCS), ("retrieval.query", DOCS[2:])]
+
+    async def scenario():
+        async with serving({"jina": jina}, max_wait_ms=50) as (app, client):
+            batcher = app.state.service.batchers["jina"]
+            forward, calls = batcher.embed_fn, []
+            batcher.embed_fn = lambda inputs, **weights: (
+                calls.append((len(inputs.ids), weights)) or forward(inputs, **weights)
+            )
+            bodies = [{"input": texts} | ({"task": task} if task else {}) for task, texts in asked]
+            answers = await asyncio.gather(*(client.post("/v1/embeddings", json=b) for b in bodies))
+            ids = await client.post("/v1/embeddings", json={"input": [[0, 5, 2]], "task": "retrieval.query"})
+            unknown = await client.post("/v1/embeddings", json={"input": "x", "task": "retrieval"})
+            return answers, calls, ids, unknown
+
+    answers, calls, ids, unknown = asyncio.run(scenario())
+    for (task, texts), answer in zip(asked, answers, strict=True):
+        np.testing.assert_allclose(vectors(answer), jina.encode(texts, task=task), rtol=0, atol=1e-5)
+    rows: dict[str | None, int] = {}  # a merged batch runs one task: each task's rows add up to its requests'
+    for count, weights in calls:
+        rows[weights.get("task")] = rows.get(weights.get("task"), 0) + count
+    assert rows == {"retrieval.query": 3, None: 3, "retrieval.passage": 3}
+    assert ids.status_code == 400 and "its instruction is added to the text" in ids.json()["error"]["message"]
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "task"
+    assert "unknown task 'retrieval'" in unknown.json()["error"]["message"]
+
+
+def test_adapter_requests_match_encode(tmp_path, tokenizer_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(0)
+    base = save_checkpoint(Qwen3Model(Qwen3Config(**TINY_QWEN3)), tmp_path / "base", tokenizer_dir)
+    lora = LoraConfig(init_lora_weights=False, target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8)
+    get_peft_model(Qwen3Model.from_pretrained(base), lora).save_pretrained(tmp_path / "a")
+    model = embzoo.load(base, device="cpu", adapters={"a": tmp_path / "a"})
+
+    async def scenario():
+        async with serving({"q": model}) as (_, client):
+            return await asyncio.gather(
+                client.post("/v1/embeddings", json={"input": DOCS, "adapter": "a"}),
+                client.post("/v1/embeddings", json={"input": DOCS}),
+                client.post("/v1/embeddings", json={"input": DOCS, "adapter": "b"}),
+            )
+
+    adapted, plain, unknown = asyncio.run(scenario())
+    np.testing.assert_allclose(vectors(adapted), model.encode(DOCS, adapter="a"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(vectors(plain), model.encode(DOCS), rtol=0, atol=1e-5)
+    assert not np.allclose(vectors(adapted), vectors(plain), atol=1e-3)
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "adapter"
 
 
 def test_health_answers_503_when_a_worker_died(minilm):

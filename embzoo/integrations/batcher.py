@@ -1,10 +1,9 @@
-"""Dynamic batching for the server: one queue, one worker task and one model thread per served model.
-
-Embedding jobs (a request's tokenized inputs) waiting in the queue are merged into one forward call: the worker
-takes the first job, then the jobs behind it while their tokens fit `max_batch_tokens` and `max_wait_ms` has
-not passed since the first one was queued, runs the merged inputs on the model's own thread
-(`loop.run_in_executor`, so the event loop keeps serving), and gives each job its rows. Other jobs (a rerank, a
-score) run alone on the same thread, in queue order. A job's result never depends on its neighbours beyond
+"""Dynamic batching for the server: one queue, one worker task and one model thread per served model. Embedding jobs (a
+request's tokenized inputs) waiting in the queue are merged into one forward call: the worker takes the first job,
+then the jobs behind it while their tokens fit `max_batch_tokens`, they run with the same weights (task and named
+adapter) and `max_wait_ms` has not passed since the first one was queued, runs the merged inputs on the model's own
+thread (`loop.run_in_executor`, so the event loop keeps serving), and gives each job its rows. Other jobs (a rerank,
+a score) run alone on the same thread, in queue order. A job's result never depends on its neighbours beyond
 floating-point rounding of the packed forward.
 """
 
@@ -15,7 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -39,6 +38,7 @@ class _Job:
     queued_at: float  # loop time
     inputs: ModelInputs | None = None  # an embedding job: merged with its neighbours
     finish: Callable[[torch.Tensor], Any] | None = None  # its rows [n, D] → its result (on the model thread)
+    weights: dict[str, str] = field(default_factory=dict)  # embed's task / adapter keywords: merged jobs share them
     work: Callable[[], Any] | None = None  # any other job: run alone
 
     @property
@@ -47,14 +47,14 @@ class _Job:
 
 
 class Batcher:
-    """One model's queue and worker. embed: merged inputs → float32 [N, D] rows in order (None: the model takes
-    no embedding jobs). metrics: the registry the server declared embzoo_batch_tokens, embzoo_batch_requests and
-    embzoo_queue_depth in; they are labelled model=name."""
+    """One model's queue and worker. embed: merged inputs (and a job's weights keywords) → float32 [N, D] rows in order
+    (None: the model takes no embedding jobs). metrics: the registry the server declared embzoo_batch_tokens,
+    embzoo_batch_requests and embzoo_queue_depth in; they are labelled model=name."""
 
     def __init__(
         self,
         name: str,
-        embed: Callable[[ModelInputs], torch.Tensor] | None,
+        embed: Callable[..., torch.Tensor] | None,
         metrics: Metrics,
         *,
         max_batch_tokens: int,
@@ -122,12 +122,15 @@ class Batcher:
             await asyncio.gather(self._worker, return_exceptions=True)  # a worker that died (see alive) stops too
             self._executor.shutdown(wait=True)
 
-    async def embed(self, inputs: ModelInputs, finish: Callable[[torch.Tensor], Any]) -> Any:
-        """finish(rows) of the inputs' rows [n, D], computed in a merged batch; QueueFull or NotRunning when the
-        job cannot be queued."""
+    async def embed(
+        self, inputs: ModelInputs, finish: Callable[[torch.Tensor], Any], weights: dict[str, str] | None = None
+    ) -> Any:
+        """finish(rows) of the inputs' rows [n, D], computed in a batch merged with jobs of the same weights (embed's
+        task / adapter keywords); QueueFull or NotRunning when the job cannot be queued."""
         if self.embed_fn is None:
             raise ValueError(f"{self.name} takes no embedding jobs")
-        return await self._submit(_Job(self._future(), self._now(), inputs=inputs, finish=finish))
+        job = _Job(self._future(), self._now(), inputs=inputs, finish=finish, weights=dict(weights or {}))
+        return await self._submit(job)
 
     async def call(self, work: Callable[[], Any]) -> Any:
         """work() run alone on the model's thread, in queue order; QueueFull or NotRunning as embed."""
@@ -196,7 +199,11 @@ class Batcher:
                 tokens, deadline = batch[0].tokens, batch[0].queued_at + self.max_wait
                 while tokens < self.max_batch_tokens and await self._wait(deadline):
                     head = self._queue[0]
-                    if head.inputs is None or tokens + head.tokens > self.max_batch_tokens:
+                    if (
+                        head.inputs is None
+                        or head.weights != batch[0].weights
+                        or tokens + head.tokens > self.max_batch_tokens
+                    ):
                         break
                     batch.append(self._take())
                     tokens += head.tokens
@@ -228,7 +235,7 @@ class Batcher:
         alone."""
         if batch[0].inputs is None:
             return [_outcome(batch[0].work)]
-        rows = self.embed_fn(ModelInputs.concat([job.inputs for job in batch]))
+        rows = self.embed_fn(ModelInputs.concat([job.inputs for job in batch]), **batch[0].weights)
         parts = rows.split([len(job.inputs.ids) for job in batch])
         return [_outcome(partial(job.finish, part)) for job, part in zip(batch, parts, strict=True)]
 

@@ -245,7 +245,7 @@ class _Service:
                 400, f"{name} gives {gives}, not dense embeddings: use /v1/rerank or /v1/score with it", "model"
             )
         kind, items = embedding_input(req.input)
-        self._check_served_as_encode(name, model, kind, req.task)
+        weights = self._weights(name, model, kind, req)
         self.check_count(len(items), "input")
         if req.dimensions is not None and req.dimensions > model.dimension:
             why = f"dimensions must be in 1..{model.dimension} for {name}; got {req.dimensions}"
@@ -254,7 +254,7 @@ class _Service:
         prompts = {k: v for k, v in prompts.items() if v is not None}
         if kind == "ids" and prompts:
             raise ApiError(400, f"token-id inputs run as given; {', '.join(prompts)} apply to string inputs", "input")
-        make = model.id_inputs if kind == "ids" else partial(model.tokenize, **prompts)
+        make = model.id_inputs if kind == "ids" else partial(model.tokenize, **prompts, task=req.task)
         batcher = self.batchers[name]
         try:  # a queue slot first (429 before any work), then off the event loop (the tokenizer releases the GIL)
             with _queue_answers():
@@ -268,7 +268,7 @@ class _Service:
         except ValueError as error:  # the request's prompt options or token ids, checked by tokenize / id_inputs
             raise ApiError(400, str(error), "input" if kind == "ids" else None) from None
         finish = partial(model.finish_sentences, dimensions=req.dimensions)
-        vectors = await self.run(batcher.embed(inputs, finish))
+        vectors = await self.run(batcher.embed(inputs, finish, weights))
         tokens = sum(len(s) for s in inputs.ids)
         self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
         self.metrics.inc("embzoo_truncated_inputs_total", inputs.truncated, model=name)
@@ -276,19 +276,23 @@ class _Service:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens, "truncated": inputs.truncated}
         return {"object": "list", "data": data, "model": name, "usage": usage}
 
-    def _check_served_as_encode(self, name: str, model: Embedder, kind: str, task: str | None) -> None:
-        """400 for a request whose answer would differ from encode's: a task (the server runs base weights only),
-        token ids for a model with task adapters or whose pool leaves out instruction tokens found from the text."""
-        lora = model.model.backbone.task_lora
-        if task is not None:
-            why = f"{name} has no task adapters" if lora is None else f"this server runs {name} with its base weights"
-            raise ApiError(
-                400, f"task: {why}; leave task out (task adapters are served by encode(task=...) only)", "task"
-            )
-        if kind == "ids" and (lora is not None or model.instruction_mask != "prompt"):
-            why = "task adapters" if lora is not None else f"instruction_mask={model.instruction_mask!r}"
-            why += ", which token ids alone cannot reproduce (encode works from the text)"
-            raise ApiError(400, f"{name} has {why}; send the input as strings", "input")
+    def _weights(self, name: str, model: Embedder, kind: str, req: EmbeddingRequest) -> dict[str, str]:
+        """The request's task / adapter (sentence_vectors' keywords), checked; 400 for a request whose answer would
+        differ from encode's: token ids with a task (its instruction is text) or for a pool that leaves out
+        instruction tokens found from the text."""
+        for field, asked in (("task", (req.task, None)), ("adapter", (None, req.adapter))):
+            try:
+                model.check_weights(*asked)
+            except ValueError as error:
+                raise ApiError(400, f"{field}: {error}", field) from None
+        if kind == "ids" and req.task is not None:
+            why = f"token ids cannot run with task {req.task!r}: its instruction is added to the text"
+            raise ApiError(400, f"{why}; send the input as strings", "input")
+        if kind == "ids" and model.instruction_mask != "prompt":
+            why = f"{name} has instruction_mask={model.instruction_mask!r}: its pooled tokens are found from the text"
+            raise ApiError(400, f"{why}, which token ids alone cannot reproduce; send the input as strings", "input")
+        weights = {"task": req.task, "adapter": req.adapter}
+        return {k: v for k, v in weights.items() if v is not None}
 
     def _instruction(self, model: Embedder | Ranker, instruction: str | None) -> dict[str, Any]:
         """The keyword arguments rank / score take from a request: a reranker's instruction."""

@@ -19,7 +19,7 @@ class ApiError(Exception):
 
 
 class EmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request, plus embzoo's prompt_name / prompt / instruction and truncate."""
+    """OpenAI's embeddings request, plus embzoo's prompt_name / prompt / instruction, task, adapter and truncate."""
 
     input: Any  # str | list[str] | list[int] | list[list[int]]: embedding_input checks it
     model: StrictStr | None = None
@@ -30,9 +30,8 @@ class EmbeddingRequest(BaseModel):
     prompt: StrictStr | None = None
     instruction: StrictStr | None = None
     truncate: StrictBool = True
-    task: StrictStr | None = (
-        None  # refused: task adapters are not served (a clear 400, not a silent base-weight answer)
-    )
+    task: StrictStr | None = None  # a task adapter and its instruction (jina-embeddings-v3), as encode(task=...)
+    adapter: StrictStr | None = None  # a named adapter the model was loaded with, as encode(adapter=...)
 
 
 class RerankRequest(BaseModel):
