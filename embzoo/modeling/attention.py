@@ -37,8 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from embzoo import kernels
-
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
@@ -326,6 +324,22 @@ def _alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
     return -slopes.float()[:, None, None] * (idx[:, None] - idx[None, :]).abs()
 
 
+def _padding(
+    cu_seqlens: torch.Tensor, max_seqlen: int, total: int, o: _Options, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows int64 [T]: each packed token's row in the padded [B * S] layout, ok bool [B, 1, S, S], the same as an
+    additive dtype mask: 0 or -inf), built once per forward and window."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        seq = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths, output_size=total)
+        rows = torch.arange(total, device=seq.device) + seq * max_seqlen - cu_seqlens[:-1].long()[seq]
+        ok = _allowed(lengths, max_seqlen, o.window, o.key_lengths)[:, None]
+        return rows, ok, torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
+
+    return _per_batch(("sdpa", o.window), (max_seqlen, total, dtype), (cu_seqlens, o.key_lengths), build)
+
+
 def _sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -335,26 +349,33 @@ def _sdpa(
     o: _Options,
 ) -> torch.Tensor:
     """Pad to [B, H, S, d], attend with a dense mask (fp32 when ALiBi/softcap), unpad."""
-    heads = q.shape[1]
-    qp, kp, vp = (kernels.pad(x, cu_seqlens, max_seqlen).transpose(1, 2) for x in (q, k, v))
-    ok = _allowed(cu_seqlens[1:] - cu_seqlens[:-1], max_seqlen, o.window, o.key_lengths)[:, None]
+    heads, batch = q.shape[1], cu_seqlens.shape[0] - 1
+    rows, ok, additive = _padding(cu_seqlens, max_seqlen, q.shape[0], o, q.dtype)
+
+    def padded(x: torch.Tensor) -> torch.Tensor:
+        flat = x.new_zeros(batch * max_seqlen, *x.shape[1:]).index_copy_(0, rows, x)
+        return flat.view(batch, max_seqlen, *x.shape[1:]).transpose(1, 2)
+
+    qp, kp, vp = padded(q), padded(k), padded(v)
     keyless = None
     if o.key_lengths is not None and o.window[0] >= 0:  # a left window can end before the key prefix
         keyless = ~ok.any(-1, keepdim=True)
         ok = ok | keyless  # attend to something (finite values and grads), zeroed below
+        additive = additive.masked_fill(keyless, 0)
     bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, max_seqlen)
+    gqa = k.shape[1] != heads
     if o.softcap is not None:
         out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), ok, bias, o.scale, o.softcap)
     elif bias is not None:
         mask = bias.masked_fill(~ok, float("-inf"))
         out = F.scaled_dot_product_attention(
-            qp.float(), kp.float(), vp.float(), attn_mask=mask, scale=o.scale, enable_gqa=k.shape[1] != heads
+            qp.float(), kp.float(), vp.float(), attn_mask=mask, scale=o.scale, enable_gqa=gqa
         )
     else:
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=ok, scale=o.scale, enable_gqa=k.shape[1] != heads)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=additive, scale=o.scale, enable_gqa=gqa)
     if keyless is not None:
         out = out.masked_fill(keyless, 0)
-    return kernels.unpad(out.transpose(1, 2), cu_seqlens).to(q.dtype)
+    return out.transpose(1, 2).reshape(batch * max_seqlen, heads, -1).index_select(0, rows).to(q.dtype)
 
 
 def _explicit(
