@@ -265,9 +265,15 @@ class Embedder:
         truncate: bool = True,
     ) -> ModelInputs:
         """The inputs encode runs for the texts' sentence vectors (prompt + text + suffix as token ids, cut to
-        max_seq_length, with the pool skips), for sentence_vectors; truncate=False raises InputTooLong for the first
-        over-long text instead of cutting it. task: its instruction is the prompt (run them with the same task)."""
-        self._output_names("sentence")
+        max_seq_length, with the pool skips), for sentence_vectors, or for their sparse vectors; truncate=False raises
+        InputTooLong for the first over-long text instead of cutting it. task: its instruction is the prompt (run them
+        with the same task). A ColBERT model's inputs depend on their role: late.encode(texts, "query" | "document")
+        gives them."""
+        if self.late is not None:
+            raise ValueError(
+                f"{self.name or 'this ColBERT model'} tokenizes queries and documents differently: use "
+                "late.encode(texts, 'query' | 'document'), or encode_query / encode_document"
+            )
         texts, _ = _as_texts(texts)
         if task is None:
             prefix = self._prompt(prompt_name, prompt, instruction)
@@ -321,6 +327,14 @@ class Embedder:
         with self._weights(task, adapter, alone=False):
             parts = [self._forward(inputs.select(idx), run)["sentence"] for idx in batches]
         return _restore(parts, np.concatenate(batches), len(inputs.ids))
+
+    def to_sentence_transformer(self) -> Any:
+        """This model as a sentence-transformers model running on embzoo: a SentenceTransformer (sentence vectors), a
+        SparseEncoder (SPLADE) or a MultiVectorEncoder (ColBERT), with this model's prompts and settings and its
+        weights shared (see embzoo.integrations.sentence_transformers; needs sentence-transformers)."""
+        from embzoo.integrations.sentence_transformers import sentence_transformer
+
+        return sentence_transformer(self)
 
     def encode_query(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
         """encode with the model's "query" prompt (a ColBERT query: marker and [MASK] expansion), if it has one."""

@@ -142,6 +142,13 @@ class Reranker(Ranker):
             f"device={self.device})"
         )
 
+    def to_cross_encoder(self) -> Any:
+        """This reranker as a sentence-transformers CrossEncoder running on embzoo (predict, rank), its default
+        activation this reranker's, its weights shared (see embzoo.integrations.sentence_transformers)."""
+        from embzoo.integrations.sentence_transformers import cross_encoder
+
+        return cross_encoder(self)
+
     def score(
         self,
         pairs: Sequence[tuple[str, str]],

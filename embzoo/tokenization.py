@@ -116,6 +116,11 @@ class TextTokenizer:
             raise ValueError(f"{folder}: inputs of this model end with {end_token!r}, which its tokenizer lacks")
         return cls(backend, max_length, set(hf.all_special_ids), lowercase, end_id)
 
+    def with_max_length(self, max_length: int) -> TextTokenizer:
+        """A copy that truncates to max_length tokens instead (its own backend: this tokenizer is unchanged)."""
+        backend = Tokenizer.from_str(self.backend.to_str())
+        return TextTokenizer(backend, max_length, self.special_ids, self.lowercase, self.end_id)
+
     def _texts(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)
 

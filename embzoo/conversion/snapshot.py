@@ -109,6 +109,7 @@ class PipelineSpec:
     colbert: dict[str, Any] = field(default_factory=dict)  # PyLate's settings (COLBERT_KEYS) that the folder states
     max_active_dims: int | None = None  # a SparseEncoder's saved top-k
     similarity_fn_name: str | None = None  # how sentence-transformers compares the vectors ("cosine", "dot", …)
+    truncate_dim: int | None = None  # the dimensions sentence-transformers truncates the vectors to by default
     splade: dict[str, Any] | None = None  # a SpladePooling module's config.json
 
 
@@ -214,6 +215,7 @@ def read_pipeline(root: Path) -> tuple[Path, PipelineSpec]:
         spec["colbert"] = {k: cfg[k] for k in COLBERT_KEYS if k in cfg}
         spec["max_active_dims"] = cfg.get("max_active_dims")
         spec["similarity_fn_name"] = cfg.get("similarity_fn_name")
+        spec["truncate_dim"] = cfg.get("truncate_dim")
     if not (root / "modules.json").is_file():
         return root, PipelineSpec(**spec, tokenizer_max_length=_tokenizer_max_length(root))
     modules = read_json(root / "modules.json")

@@ -99,18 +99,14 @@ class EmbzooModel(PreTrainedModel):
         device = next(self.module.parameters()).device
         input_ids = input_ids.to(device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
-        cu, max_len = kernels.cu_seqlens_from_mask(mask)
-        ids = kernels.unpad(input_ids, cu)
-        starts = torch.repeat_interleave(cu[:-1].long(), (cu[1:] - cu[:-1]).long(), output_size=ids.numel())
-        positions = torch.arange(ids.numel(), device=device) - starts
-        types = None if token_type_ids is None else kernels.unpad(token_type_ids.to(device), cu)
-        batch = PackedBatch(ids, positions, cu, max_len, types)
+        types = None if token_type_ids is None else token_type_ids.to(device)
+        batch = PackedBatch.from_padded(input_ids, mask, types)
         with torch.inference_mode():
             if not hasattr(self.embzoo, "model"):
                 return SequenceClassifierOutput(logits=self.module(batch).float()[:, None])
             want = ["tokens", *(["sentence"] if self.module.pooler is not None else [])]
             out = self.module.run(batch, want)
-        hidden = kernels.pad(out["tokens"], cu, input_ids.shape[1])
+        hidden = kernels.pad(out["tokens"], batch.cu_seqlens, input_ids.shape[1])
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=out.get("sentence"))
 
 

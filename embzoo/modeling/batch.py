@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from embzoo import kernels
+
 
 @dataclass
 class PackedBatch:
@@ -53,6 +55,24 @@ class PackedBatch:
             token_type_ids=types,
             key_lengths=None if key_lengths is None else _key_lengths(key_lengths, lengths),
         )
+
+    @classmethod
+    def from_padded(
+        cls,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        key_lengths: torch.Tensor | None = None,
+    ) -> PackedBatch:
+        """Pack right-padded input_ids [B, S] (attention_mask [B, S]: ones then zeros; token_type_ids [B, S]) on
+        their device, as other frameworks hand them over; key_lengths int [B] as in from_sequences."""
+        cu, max_len = kernels.cu_seqlens_from_mask(attention_mask)
+        ids = kernels.unpad(input_ids, cu)
+        starts = torch.repeat_interleave(cu[:-1].long(), (cu[1:] - cu[:-1]).long(), output_size=ids.numel())
+        positions = torch.arange(ids.numel(), device=ids.device) - starts
+        types = None if token_type_ids is None else kernels.unpad(token_type_ids, cu)
+        keys = None if key_lengths is None else key_lengths.to(torch.int32)
+        return cls(ids, positions, cu, max_len, types, keys)
 
     @property
     def num_sequences(self) -> int:
