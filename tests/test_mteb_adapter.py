@@ -324,6 +324,8 @@ def test_cross_encoder_matches_mteb_cross_encoder_wrapper(make_checkpoint, tmp_p
     st = CrossEncoderWrapper(CrossEncoder(str(folder), device="cpu"))
     assert isinstance(ours, EmbzooCrossEncoder) and isinstance(ours, CrossEncoderProtocol)
     assert not isinstance(ours, EncoderProtocol)
+    meta = ours.mteb_model_meta
+    assert meta.is_cross_encoder and meta.embed_dim is None and not meta.use_instructions and meta.n_parameters > 0
     tasks = [MockRerankingTask(), MockInstructionReranking(), DemoReranking()]
     got, got_predictions = run(ours, tasks, tmp_path, "ours", batch_size=5)
     want, want_predictions = run(st, tasks, tmp_path, "st")
@@ -340,6 +342,7 @@ def test_cross_encoder_matches_mteb_cross_encoder_wrapper(make_checkpoint, tmp_p
 def test_listwise_reranker_ranks_each_querys_candidates_together(jina_checkpoint, tmp_path):  # noqa: F811
     folder, model, proj, tok = jina_checkpoint()
     ours = EmbzooCrossEncoder(embzoo.load(folder, recipe=JINA_V3, device="cpu", dtype="float32"))
+    assert ours.mteb_model_meta.name == JINA_V3 and ours.mteb_model_meta.use_instructions
     _, predictions = run(ours, [DemoReranking()], tmp_path, "ours", batch_size=5)  # a list spans 3 batches
     scores = predictions["EmbzooDemoReranking"]["default"]["test"]
     worst = 0.0
@@ -419,7 +422,7 @@ def test_similarity_function_from_the_checkpoint(prompted_folder, stated):
     torch.testing.assert_close(ours.similarity_pairwise(a, b[:3]), (a * b[:3]).sum(-1))
 
 
-def test_meta_loader_rebuilds_the_wrapper(prompted_folder):
+def test_meta_loader_rebuilds_the_wrapper(prompted_folder, monkeypatch):
     ours = get_model(prompted_folder, device="cpu", batch_tokens=64, model_prompts={"query": "x: "})
     meta = ours.mteb_model_meta
     assert meta.name == str(prompted_folder) and meta.languages is None and meta.license is None
@@ -428,3 +431,5 @@ def test_meta_loader_rebuilds_the_wrapper(prompted_folder):
     assert isinstance(again, EmbzooEncoder) and again.batch_tokens == 64
     args = dict(task_metadata=RETRIEVAL, hf_split="test", hf_subset="default", prompt_type=PromptType.query)
     np.testing.assert_array_equal(again.encode(loader(QUERIES), **args), ours.encode(loader(QUERIES), **args))
+    monkeypatch.chdir(prompted_folder.parent)  # mteb names need a "/": a bare folder name is made absolute
+    assert get_model(prompted_folder.name, device="cpu").mteb_model_meta.name == str(prompted_folder)
