@@ -46,7 +46,7 @@ def test_vectors_are_the_embedders_query_and_document_vectors(minilm):
 def test_prompts_are_the_models_and_match_sentence_transformers(prompted):
     from sentence_transformers import SentenceTransformer
 
-    lc = EmbzooEmbeddings(model_name=str(prompted), model_kwargs={"device": "cpu"})
+    lc = EmbzooEmbeddings(model=str(prompted), model_kwargs={"device": "cpu"})  # model: model_name's alias
     st = SentenceTransformer(str(prompted), device="cpu")
     docs, query = lc.embed_documents(TEXTS), lc.embed_query(QUERY)
     np.testing.assert_allclose(docs, st.encode(TEXTS, prompt_name="document"), atol=1e-5, rtol=0)

@@ -5,13 +5,14 @@ import logging
 
 import numpy as np
 import pytest
+from test_encode import tiny_folder
 
 import embzoo
 
 pytest.importorskip("ray.data")
 import ray  # noqa: E402
 
-from embzoo.integrations.ray import EmbedBatches, ScoreBatches, embed_dataset, score_dataset  # noqa: E402
+from embzoo.integrations.ray import EmbedBatches, ScoreBatches, _load, embed_dataset, score_dataset  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +85,14 @@ def test_batch_tokens_is_an_argument_of_its_own(minilm_dir):
         embed_dataset(ds, str(minilm_dir), encode_kwargs={"batch_tokens": 64})
     with pytest.raises(ValueError, match="must be positive"):
         score_dataset(ds, str(minilm_dir), num_workers=0)
+
+
+@pytest.mark.gpu
+def test_a_worker_with_a_gpu_loads_the_model_on_cuda(local_ray, make_checkpoint):
+    folder = str(tiny_folder(make_checkpoint, {"pooling_mode": "mean"}))
+
+    @ray.remote(num_gpus=1, num_cpus=0.5)
+    def device() -> str:
+        return str(_load(folder, {}).device)
+
+    assert ray.get(device.remote()) == "cuda:0"
