@@ -56,6 +56,10 @@ def _restore(parts: list[Any], positions: np.ndarray, count: int) -> Any:
     return restored
 
 
+# the prompt names encode_query / encode_document use, the first the model has (sentence-transformers' lookup)
+ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "corpus")}
+
+
 class InputTooLong(ValueError):
     """An input longer than the model's token limit where truncation was refused (truncate=False)."""
 
@@ -341,14 +345,19 @@ class Embedder:
         return self.encode(sentences, **self._role_kwargs("query", kwargs))
 
     def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
-        """encode with the model's "document" prompt (a ColBERT document: marker and skiplist), if it has one."""
+        """encode with the model's document prompt, the first of "document", "passage" (e5) and "corpus" it has, as
+        sentence-transformers' encode_document looks them up (a ColBERT document: marker and skiplist)."""
         return self.encode(sentences, **self._role_kwargs("document", kwargs))
 
-    def _role_kwargs(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """kwargs with prompt_name=name where the model knows that prompt and the caller chose none."""
+    def _role_kwargs(self, role: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """kwargs with the role's prompt_name (ROLE_PROMPTS: the first the model has) where the caller chose none."""
         chosen = any(kwargs.get(k) is not None for k in ("prompt_name", "prompt", "instruction", "task"))
-        known = name in self.prompts or (self.late is not None and name in self.late.roles)
-        return kwargs if chosen or not known else {**kwargs, "prompt_name": name}
+        if chosen:
+            return kwargs
+        if self.late is not None and role in self.late.roles:
+            return {**kwargs, "prompt_name": role}
+        name = next((n for n in ROLE_PROMPTS[role] if n in self.prompts), None)
+        return kwargs if name is None else {**kwargs, "prompt_name": name}
 
     def score(
         self, pairs: Sequence[tuple[str, str]], *, output: str | None = None, batch_tokens: int | None = None

@@ -94,6 +94,23 @@ def test_default_prompt_name_matches_sentence_transformers(make_checkpoint):
     )
 
 
+@pytest.mark.parametrize(
+    ("prompts", "document"),
+    [
+        ({"query": "query: ", "passage": "passage: "}, "passage: "),  # e5's names
+        ({"corpus": "c: ", "query": "q: "}, "c: "),
+        ({"corpus": "c: ", "passage": "p: ", "document": "d: "}, "d: "),
+        ({"doc": "x: "}, ""),
+    ],
+)
+def test_encode_query_and_document_take_the_roles_prompt(make_checkpoint, prompts, document):
+    """sentence-transformers 5's lookup: query → "query"; document → "document", else "passage", else "corpus"."""
+    ours = embzoo.load(tiny_folder(make_checkpoint, {"pooling_mode": "mean"}, prompts=prompts), device="cpu")
+    np.testing.assert_array_equal(ours.encode_document(TEXTS), ours.encode(TEXTS, prompt=document))
+    np.testing.assert_array_equal(ours.encode_query(TEXTS), ours.encode(TEXTS, prompt=prompts.get("query", "")))
+    np.testing.assert_array_equal(ours.encode_document(TEXTS, prompt="y: "), ours.encode(TEXTS, prompt="y: "))
+
+
 @pytest.fixture
 def mean_model(make_checkpoint):
     return embzoo.load(tiny_folder(make_checkpoint, {"pooling_mode": "mean"}, normalize=True), device="cpu")

@@ -38,7 +38,7 @@ from mteb.similarity_functions import cos_sim, dot_score, pairwise_cos_sim, pair
 from mteb.types import OutputDType, PromptType
 
 import embzoo
-from embzoo import catalog
+from embzoo import api, catalog
 from embzoo.api import Embedder
 from embzoo.catalog import CatalogEntry
 from embzoo.listwise_reranker import ListwiseReranker
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
 # the prompt names sentence-transformers' encode_query / encode_document fall back to, first found wins
-ROLE_PROMPTS = {PromptType.query: ("query",), PromptType.document: ("document", "passage", "corpus")}
+ROLE_PROMPTS = {PromptType.query: api.ROLE_PROMPTS["query"], PromptType.document: api.ROLE_PROMPTS["document"]}
 SIMILARITIES = {"cosine": (cos_sim, pairwise_cos_sim), "dot": (dot_score, pairwise_dot_score)}
 # mteb's routing of jina-embeddings-v3 (its registry's model_prompts): mteb key → task adapter
 TASK_ADAPTERS = {
