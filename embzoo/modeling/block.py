@@ -15,7 +15,7 @@ from torch import nn
 from embzoo import kernels
 from embzoo.config import ArchConfig
 from embzoo.modeling.attention import attention
-from embzoo.modeling.layers import make_activation, make_norm
+from embzoo.modeling.layers import Linear, make_activation, make_norm
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.sizes = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim)
-        self.qkv = nn.Linear(cfg.hidden_size, sum(self.sizes), bias=cfg.qkv_bias)
-        self.out = nn.Linear(self.sizes[0], cfg.hidden_size, bias=cfg.out_bias)
+        self.qkv = Linear(cfg.hidden_size, sum(self.sizes), bias=cfg.qkv_bias)
+        self.out = Linear(self.sizes[0], cfg.hidden_size, bias=cfg.out_bias)
         if cfg.qk_norm != "none":
             per_head = cfg.qk_norm == "head"
             self.q_norm = make_norm(cfg, cfg.head_dim if per_head else self.sizes[0])
@@ -84,9 +84,9 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp_gated
         width = cfg.intermediate_size * (2 if cfg.mlp_gated else 1)
-        self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias and cfg.mlp_up_bias)
+        self.up = Linear(cfg.hidden_size, width, bias=cfg.mlp_bias and cfg.mlp_up_bias)
         self.act = make_activation(cfg)
-        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.down = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if not self.gated:

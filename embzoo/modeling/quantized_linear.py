@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from embzoo.modeling.block import Block
+from embzoo.modeling.layers import Linear
 
 MODES = ("8bit", "nf4")
 INT8_THRESHOLD = 6.0
@@ -72,7 +73,7 @@ def quantize_linears(
     for block in blocks:
         block.to(dtype=compute_dtype)
         for name, child in list(block.named_modules()):
-            if type(child) is nn.Linear:
+            if type(child) in (nn.Linear, Linear):  # not the bitsandbytes layers (nn.Linear subclasses too)
                 block.set_submodule(name, _quantized(child, mode, compute_dtype, double_quant))
         block.to(device)
     return module.to(device, compute_dtype)

@@ -1,0 +1,59 @@
+"""embzoo.modeling.layers.Linear: CPU float32 inference through oneDNN's packed weight, against F.linear; the
+packed copy follows in-place weight changes and moves; everything else is plain nn.Linear."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from embzoo.modeling import layers
+from embzoo.modeling.layers import PACKED_LINEAR_ENV, Linear
+
+pytestmark = pytest.mark.skipif(not layers._ONEDNN_LINEAR, reason="this torch has no oneDNN packed linear")
+
+
+@pytest.fixture
+def linear():
+    torch.manual_seed(0)
+    return Linear(24, 40)
+
+
+@pytest.mark.parametrize("shape", [(7, 24), (3, 5, 24), (0, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_matches_f_linear(shape, bias):
+    torch.manual_seed(1)
+    layer = Linear(24, 40, bias=bias)
+    x = torch.randn(shape)
+    with torch.inference_mode():
+        got = layer(x)
+    assert layer._packed is not None  # the packed path ran
+    torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=0)
+
+
+def test_packed_copy_follows_in_place_changes(linear):
+    x = torch.randn(4, 24)
+    with torch.no_grad():
+        linear(x)
+        linear.weight.copy_(linear.weight * 2 + 1)  # a merged adapter changes the weight in place
+        got = linear(x)
+    torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), atol=1e-5, rtol=0)
+
+
+def test_plain_nn_linear_elsewhere(linear, monkeypatch):
+    x = torch.randn(4, 24, requires_grad=True)
+    linear(x).sum().backward()  # training: autograd through F.linear
+    assert x.grad is not None and linear.weight.grad is not None and linear._packed is None
+    with torch.no_grad():
+        linear.to(torch.bfloat16)(x.detach().bfloat16())
+        assert linear._packed is None
+        linear.float()
+        monkeypatch.setenv(PACKED_LINEAR_ENV, "0")
+        linear(x.detach())
+        assert linear._packed is None
+
+
+def test_moving_or_casting_drops_the_packed_copy(linear):
+    with torch.no_grad():
+        linear(torch.randn(2, 24))
+        assert linear._packed is not None
+        linear.double()
+    assert linear._packed is None
