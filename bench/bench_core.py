@@ -529,7 +529,7 @@ def text_workload(setup: Setup, tmp: Path, report: Report) -> None:
     probe_texts = texts[:PARITY_SEQS]
     report_parity(
         report,
-        f"text sentence vectors ({folder.name if setup.text_model else 'bert-base'}, {pooling}, normalized)",
+        f"text sentence vectors ({ours.name if setup.text_model else 'bert-base'}, {pooling}, normalized)",
         ours.encode(probe_texts, convert_to_tensor=True),
         st.encode(probe_texts, batch_size=HF_BATCH, convert_to_tensor=True),
     )
