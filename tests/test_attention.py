@@ -144,6 +144,16 @@ def test_matches_naive_fp32(case):
     assert (out.double() - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("lengths", [(), (0, 0)], ids=["no-sequence", "empty-sequences"])
+@pytest.mark.parametrize("feats", [{}, {"window": (2, 2)}, {"softcap": 1.0, "alibi": True}])
+def test_no_tokens(backend, lengths, feats):
+    q, k, v, cu, slopes = make_inputs(lengths, 4, 2, 8)
+    kwargs = {key: val for key, val in feats.items() if key != "alibi"}
+    out = attention(q, k, v, cu, 0, alibi_slopes=slopes if feats.get("alibi") else None, backend=backend, **kwargs)
+    assert out.shape == (0, 4, 8) and out.dtype == torch.float32
+
+
 @pytest.mark.parametrize("feats", [{}, {"causal": True, "alibi": True}, {"softcap": 1.0, "window": (2, 2)}])
 def test_sdpa_low_precision_keeps_dtype(feats):
     out, ref = run_case("sdpa", SHAPES[0], feats, dtype=torch.bfloat16)

@@ -202,6 +202,8 @@ def attention(
         causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap, key_lengths=key_lengths
     )
     name = resolve_backend(q.device, q.dtype, features, backend)
+    if q.shape[0] == 0:  # no token (no sequence, or only empty ones): no backend handles the empty shapes
+        return q.new_zeros(q.shape)
     options = _Options(
         causal=causal,
         window=_effective_window(causal, window),
