@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -534,3 +536,19 @@ def test_cuda_key_prefix_matches_sdpa_bf16(backend, case, feats):
     assert out.dtype == torch.bfloat16 and out.shape == base.shape
     torch.testing.assert_close(out.float(), base.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(out.double().cpu(), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_per_forward_masks_are_freed_with_the_batch(backend):
+    """The masks every layer of a forward shares (sdpa: B * S * S per window) go when the batch's cu_seqlens goes,
+    not at the next forward."""
+    q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
+    with torch.inference_mode():
+        cu = cu.clone()
+        for window in ((1, 1), None):
+            attention(q, k, v, cu, 5, window=window, backend=backend)
+    slots = [slot for slot, hit in attn_mod._PER_BATCH.items() if hit[1][0][0]() is cu]
+    assert len(slots) == 2  # one per window
+    del cu
+    gc.collect()
+    assert not set(slots) & set(attn_mod._PER_BATCH)
