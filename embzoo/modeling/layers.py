@@ -88,6 +88,9 @@ class Linear(nn.Linear):
         out = torch.ops.mkldnn._linear_pointwise(flat, self._packed[1], self.bias, "none", [], "")
         return out.view(*x.shape[:-1], out.shape[-1])
 
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_packed"}  # oneDNN's opaque tensor has no storage
+
     def _apply(self, fn: Callable, recurse: bool = True) -> Linear:
         self._packed = None  # moved or cast: the packed copy is stale (and would hold host memory)
         return super()._apply(fn, recurse)
