@@ -254,6 +254,26 @@ def test_colbert_is_a_multi_vector_encoder(make_checkpoint):
         mve.encode(COLBERT_DOCS)
 
 
+def test_task_adapters_follow_encodes_task(make_checkpoint):
+    """jina-embeddings-v3's card: encode(texts, task=t, prompt_name=t); the task picks the LoRA adapter (not silently
+    the base weights), a role from encode_query / encode_document runs the base weights, an unknown task is refused."""
+    from families.test_jina_embeddings_v3 import SMALL, build_native, lora_factors, to_original
+
+    folder, ref = build_native(make_checkpoint)
+    folder = to_original(folder, ref.state_dict(), lora_factors(ref.state_dict(), SMALL["num_hidden_layers"]))
+    jina = embzoo.load(folder, device="cpu")
+    st = jina.to_sentence_transformer()
+    assert st.get_model_kwargs() == ["task"]
+    for task in ("retrieval.query", "text-matching"):
+        ours = st.encode(TEXTS, task=task, prompt=jina.task_instructions[task])
+        assert_close(ours, jina.encode(TEXTS, task=task))
+        assert not np.allclose(ours, jina.encode(TEXTS, prompt=jina.task_instructions[task]), atol=1e-3)
+    assert_close(st.encode_query(TEXTS), jina.encode_query(TEXTS))
+    assert_close(st.encode_document(TEXTS), jina.encode_document(TEXTS))
+    with pytest.raises(ValueError, match="unknown task 'retrieval'"):
+        st.encode(TEXTS, task="retrieval")
+
+
 def test_sentence_transformers_stays_an_optional_import():
     """Only the integration module imports sentence-transformers, and no module imports it at load time."""
     package = Path(embzoo.__file__).parent
