@@ -335,7 +335,7 @@ class Embedder:
     def to_sentence_transformer(self) -> Any:
         """This model as a sentence-transformers model running on embzoo: a SentenceTransformer (sentence vectors), a
         SparseEncoder (SPLADE) or a MultiVectorEncoder (ColBERT), with this model's prompts and settings and its
-        weights shared (see embzoo.integrations.sentence_transformers; needs sentence-transformers)."""
+        weights shared (see embzoo.integrations.sentence_transformers; needs sentence-transformers>=6)."""
         from embzoo.integrations.sentence_transformers import sentence_transformer
 
         return sentence_transformer(self)

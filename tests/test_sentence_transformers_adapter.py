@@ -4,6 +4,8 @@ every encode / predict option, in fp32."""
 
 import ast
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +287,18 @@ def test_sentence_transformers_stays_an_optional_import():
             assert not any(n.startswith("embzoo.integrations.sentence_transformers") for n in names), path
             if path != integration:
                 assert not any(n.startswith("sentence_transformers") for n in names), path
+
+
+def test_an_older_sentence_transformers_is_named(monkeypatch):
+    """sentence-transformers 5 has no MultiVectorEncoder: the error names the version and the extra to install."""
+    older = types.ModuleType("sentence_transformers")
+    older.SentenceTransformer = SentenceTransformer
+    monkeypatch.setitem(sys.modules, "sentence_transformers", older)
+    monkeypatch.delitem(sys.modules, "embzoo.integrations.sentence_transformers", raising=False)
+    with pytest.raises(
+        ImportError, match=r"needs sentence-transformers>=6 .*pip install 'embzoo\[sentence-transformers\]'"
+    ):
+        embzoo.load(device="cpu").to_sentence_transformer()
 
 
 @pytest.mark.gpu

@@ -27,8 +27,15 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer, SparseEncoder
-from sentence_transformers.base.modules import InputModule, Normalize
+
+try:  # MultiVectorEncoder and the base modules' preprocess(inputs, prompt, task) came with sentence-transformers 6
+    from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer, SparseEncoder
+    from sentence_transformers.base.modules import InputModule, Normalize
+except ImportError as error:
+    raise ImportError(
+        f"embzoo's sentence-transformers adapter needs sentence-transformers>=6 ({error}): "
+        "pip install 'embzoo[sentence-transformers]'"
+    ) from error
 
 from embzoo import kernels
 from embzoo.api import ROLE_PROMPTS, Embedder
