@@ -56,7 +56,7 @@ def _restore(parts: list[Any], positions: np.ndarray, count: int) -> Any:
     return restored
 
 
-# the prompt names encode_query / encode_document use, the first the model has (sentence-transformers' lookup)
+# the prompt names encode_query / encode_document use, the first the model has (sentence-transformers 5's lookup)
 ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "corpus")}
 
 
@@ -346,7 +346,8 @@ class Embedder:
 
     def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
         """encode with the model's document prompt, the first of "document", "passage" (e5) and "corpus" it has, as
-        sentence-transformers' encode_document looks them up (a ColBERT document: marker and skiplist)."""
+        sentence-transformers 5's encode_document looks them up (version 6 gives every model an empty "document"
+        prompt first); a ColBERT document: marker and skiplist."""
         return self.encode(sentences, **self._role_kwargs("document", kwargs))
 
     def _role_kwargs(self, role: str, kwargs: dict[str, Any]) -> dict[str, Any]:
