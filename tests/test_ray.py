@@ -90,7 +90,7 @@ def test_a_value_that_is_not_text_is_named(local_ray, minilm_dir):
     assert embed({"text": np.array(["a", "b"])})["embedding"].shape == (2, 384)  # numpy's str_ is text
 
 
-def test_batch_tokens_is_an_argument_of_its_own(minilm_dir):
+def test_batch_tokens_is_an_argument_of_its_own(local_ray, minilm_dir):  # from_items needs a Ray
     ds = ray.data.from_items([{"text": "a"}])
     with pytest.raises(ValueError, match="batch_tokens as embed_dataset's"):
         embed_dataset(ds, str(minilm_dir), encode_kwargs={"batch_tokens": 64})
