@@ -75,3 +75,12 @@ def test_copies_and_pickles_after_use(linear):
         with torch.inference_mode():
             torch.testing.assert_close(other(x), want)
     assert linear._packed is not None
+
+
+def test_torch_compile_runs_the_plain_linear(linear):
+    """Inductor cannot lower oneDNN's packed op: a compiled model (SentenceTransformer.compile) multiplies as nn.Linear
+    does, and Inductor packs the weights itself."""
+    x = torch.randn(7, 24)
+    with torch.inference_mode():
+        got = torch.compile(linear)(x)
+    torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), atol=1e-5, rtol=0)
