@@ -699,7 +699,7 @@ def main() -> None:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="tiny CPU fp32 run that checks the script")
     mode.add_argument("--cpu", action="store_true", help="TEXT on the CPU: the real MiniLM vs sentence-transformers")
-    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), help="default: all")
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, help="default: all (--cpu: text, the only one)")
     ap.add_argument("--models", nargs="+", choices=list(MODELS), help="ENC/DEC models to run (default: all)")
     ap.add_argument("--out", type=Path, help="write probe, records, parity and summary as JSON here")
     ap.add_argument("--repeats", type=int, help="timed passes per measurement (best reported)")
@@ -714,8 +714,11 @@ def main() -> None:
     setup = SMOKE if args.smoke else CPU if args.cpu else FULL
     setup = replace(setup, repeats=args.repeats or setup.repeats, texts=args.texts or setup.texts)
     if args.cpu:
+        if args.workloads not in (None, ["text"]):
+            sys.exit(f"--cpu runs the text workload only; got --workloads {' '.join(args.workloads)}")
         args.workloads = ["text"]
         setup = replace(setup, text_model=embzoo.catalog.bundled_model_path())
+    args.workloads = args.workloads or list(WORKLOADS)
     if "text" in args.workloads:
         try:
             setup = replace(setup, tokenizer=args.tokenizer or embzoo.catalog.bundled_model_path())

@@ -56,7 +56,7 @@ def _restore(parts: list[Any], positions: np.ndarray, count: int) -> Any:
     return restored
 
 
-# the prompt names encode_query / encode_document use, the first the model has (sentence-transformers' lookup)
+# the prompt names encode_query / encode_document use, the first the model has (sentence-transformers 5's lookup)
 ROLE_PROMPTS = {"query": ("query",), "document": ("document", "passage", "corpus")}
 
 
@@ -335,7 +335,7 @@ class Embedder:
     def to_sentence_transformer(self) -> Any:
         """This model as a sentence-transformers model running on embzoo: a SentenceTransformer (sentence vectors), a
         SparseEncoder (SPLADE) or a MultiVectorEncoder (ColBERT), with this model's prompts and settings and its
-        weights shared (see embzoo.integrations.sentence_transformers; needs sentence-transformers)."""
+        weights shared (see embzoo.integrations.sentence_transformers; needs sentence-transformers>=6)."""
         from embzoo.integrations.sentence_transformers import sentence_transformer
 
         return sentence_transformer(self)
@@ -346,7 +346,8 @@ class Embedder:
 
     def encode_document(self, sentences: str | Sequence[str], **kwargs: Any) -> Any:
         """encode with the model's document prompt, the first of "document", "passage" (e5) and "corpus" it has, as
-        sentence-transformers' encode_document looks them up (a ColBERT document: marker and skiplist)."""
+        sentence-transformers 5's encode_document looks them up (version 6 gives every model an empty "document"
+        prompt first); a ColBERT document: marker and skiplist."""
         return self.encode(sentences, **self._role_kwargs("document", kwargs))
 
     def _role_kwargs(self, role: str, kwargs: dict[str, Any]) -> dict[str, Any]:

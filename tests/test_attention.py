@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -142,6 +144,16 @@ def test_matches_naive_fp32(case):
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert (out.double() - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+@pytest.mark.parametrize("lengths", [(), (0, 0)], ids=["no-sequence", "empty-sequences"])
+@pytest.mark.parametrize("feats", [{}, {"window": (2, 2)}, {"softcap": 1.0, "alibi": True}])
+def test_no_tokens(backend, lengths, feats):
+    q, k, v, cu, slopes = make_inputs(lengths, 4, 2, 8)
+    kwargs = {key: val for key, val in feats.items() if key != "alibi"}
+    out = attention(q, k, v, cu, 0, alibi_slopes=slopes if feats.get("alibi") else None, backend=backend, **kwargs)
+    assert out.shape == (0, 4, 8) and out.dtype == torch.float32
 
 
 @pytest.mark.parametrize("feats", [{}, {"causal": True, "alibi": True}, {"softcap": 1.0, "window": (2, 2)}])
@@ -524,3 +536,19 @@ def test_cuda_key_prefix_matches_sdpa_bf16(backend, case, feats):
     assert out.dtype == torch.bfloat16 and out.shape == base.shape
     torch.testing.assert_close(out.float(), base.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(out.double().cpu(), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "flex"])
+def test_per_forward_masks_are_freed_with_the_batch(backend):
+    """The masks every layer of a forward shares (sdpa: B * S * S per window) go when the batch's cu_seqlens goes,
+    not at the next forward."""
+    q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
+    with torch.inference_mode():
+        cu = cu.clone()
+        for window in ((1, 1), None):
+            attention(q, k, v, cu, 5, window=window, backend=backend)
+    slots = [slot for slot, hit in attn_mod._PER_BATCH.items() if hit[1][0][0]() is cu]
+    assert len(slots) == 2  # one per window
+    del cu
+    gc.collect()
+    assert not set(slots) & set(attn_mod._PER_BATCH)

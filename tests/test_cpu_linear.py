@@ -1,6 +1,10 @@
 """embzoo.modeling.layers.Linear: CPU float32 inference through oneDNN's packed weight, against F.linear; the
 packed copy follows in-place weight changes and moves; everything else is plain nn.Linear."""
 
+import copy
+import io
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -57,3 +61,26 @@ def test_moving_or_casting_drops_the_packed_copy(linear):
         assert linear._packed is not None
         linear.double()
     assert linear._packed is None
+
+
+def test_copies_and_pickles_after_use(linear):
+    """deepcopy, torch.save and pickle (Ray, multiprocessing) of a used model: the packed copy stays behind."""
+    x = torch.randn(3, 24)
+    with torch.inference_mode():
+        want = linear(x)
+    assert linear._packed is not None
+    torch.save(linear, io.BytesIO())
+    for other in (copy.deepcopy(linear), pickle.loads(pickle.dumps(linear))):
+        assert other._packed is None
+        with torch.inference_mode():
+            torch.testing.assert_close(other(x), want)
+    assert linear._packed is not None
+
+
+def test_torch_compile_runs_the_plain_linear(linear):
+    """Inductor cannot lower oneDNN's packed op: a compiled model (SentenceTransformer.compile) multiplies as nn.Linear
+    does, and Inductor packs the weights itself."""
+    x = torch.randn(7, 24)
+    with torch.inference_mode():
+        got = torch.compile(linear)(x)
+    torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), atol=1e-5, rtol=0)

@@ -3,7 +3,6 @@ wrappers on the same folders (mteb's mock tasks, a retrieval task built from the
 routing as mteb's wrappers route prompts, instruction templates, ModelMeta from the catalog. Offline: mteb's tasks
 here load no data and results go to a ResultCache under tmp_path."""
 
-import ast
 import json
 from importlib import resources
 from pathlib import Path
@@ -145,19 +144,6 @@ def minilm():
 def loader(texts, batch_size=2) -> DataLoader:
     """mteb's batched text inputs: {"text": [...]} per batch."""
     return DataLoader(Dataset.from_dict({"text": texts}), batch_size=batch_size)
-
-
-def test_only_the_adapter_imports_mteb():
-    """`import embzoo` stays free of mteb: no other module imports it, and none imports the adapter."""
-    package = Path(embzoo.__file__).parent
-    adapter = package / "integrations" / "mteb.py"
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
-            bad = [n for n in names if n.split(".")[0] == "mteb" or n == "embzoo.integrations.mteb"]
-            assert path == adapter or not bad, (path, bad)
 
 
 def test_protocols(minilm):

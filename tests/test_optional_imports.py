@@ -1,4 +1,4 @@
-"""The optional frameworks (extras langchain, llamaindex, ray) are imported by their adapter module only, and no
+"""The optional frameworks (extras mteb, langchain, llamaindex, ray) are imported by their adapter module only, and no
 other embzoo module imports an adapter: `import embzoo` works without them."""
 
 import ast
@@ -8,6 +8,7 @@ import embzoo
 
 PACKAGE = Path(embzoo.__file__).parent
 ADAPTERS = {
+    "mteb": "integrations/mteb.py",
     "langchain_core": "integrations/langchain.py",
     "llama_index": "integrations/llamaindex.py",
     "ray": "integrations/ray.py",

@@ -79,7 +79,18 @@ def test_a_missing_column_is_named(local_ray, minilm_dir):
         ScoreBatches(str(minilm_dir), "query", "text", "score", {}, {})({"text": texts})
 
 
-def test_batch_tokens_is_an_argument_of_its_own(minilm_dir):
+def test_a_value_that_is_not_text_is_named(local_ray, minilm_dir):
+    """A null (or a number) is refused, not embedded as the string "None" (the actor classes in this process)."""
+    embed = EmbedBatches(str(minilm_dir), "text", "embedding", {}, {})
+    with pytest.raises(ValueError, match=r"column 'text' holds None \(NoneType\), not a string"):
+        embed({"text": np.array(["a", None], dtype=object)})
+    score = ScoreBatches(str(minilm_dir), "query", "text", "score", {}, {})
+    with pytest.raises(ValueError, match=r"column 'query' holds 3 \(int\)"):
+        score({"query": np.array([3], dtype=object), "text": np.array(["a"], dtype=object)})
+    assert embed({"text": np.array(["a", "b"])})["embedding"].shape == (2, 384)  # numpy's str_ is text
+
+
+def test_batch_tokens_is_an_argument_of_its_own(local_ray, minilm_dir):  # from_items needs a Ray
     ds = ray.data.from_items([{"text": "a"}])
     with pytest.raises(ValueError, match="batch_tokens as embed_dataset's"):
         embed_dataset(ds, str(minilm_dir), encode_kwargs={"batch_tokens": 64})

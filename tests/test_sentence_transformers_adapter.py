@@ -4,6 +4,8 @@ every encode / predict option, in fp32."""
 
 import ast
 import json
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +256,26 @@ def test_colbert_is_a_multi_vector_encoder(make_checkpoint):
         mve.encode(COLBERT_DOCS)
 
 
+def test_task_adapters_follow_encodes_task(make_checkpoint):
+    """jina-embeddings-v3's card: encode(texts, task=t, prompt_name=t); the task picks the LoRA adapter (not silently
+    the base weights), a role from encode_query / encode_document runs the base weights, an unknown task is refused."""
+    from families.test_jina_embeddings_v3 import SMALL, build_native, lora_factors, to_original
+
+    folder, ref = build_native(make_checkpoint)
+    folder = to_original(folder, ref.state_dict(), lora_factors(ref.state_dict(), SMALL["num_hidden_layers"]))
+    jina = embzoo.load(folder, device="cpu")
+    st = jina.to_sentence_transformer()
+    assert st.get_model_kwargs() == ["task"]
+    for task in ("retrieval.query", "text-matching"):
+        ours = st.encode(TEXTS, task=task, prompt=jina.task_instructions[task])
+        assert_close(ours, jina.encode(TEXTS, task=task))
+        assert not np.allclose(ours, jina.encode(TEXTS, prompt=jina.task_instructions[task]), atol=1e-3)
+    assert_close(st.encode_query(TEXTS), jina.encode_query(TEXTS))
+    assert_close(st.encode_document(TEXTS), jina.encode_document(TEXTS))
+    with pytest.raises(ValueError, match="unknown task 'retrieval'"):
+        st.encode(TEXTS, task="retrieval")
+
+
 def test_sentence_transformers_stays_an_optional_import():
     """Only the integration module imports sentence-transformers, and no module imports it at load time."""
     package = Path(embzoo.__file__).parent
@@ -265,6 +287,18 @@ def test_sentence_transformers_stays_an_optional_import():
             assert not any(n.startswith("embzoo.integrations.sentence_transformers") for n in names), path
             if path != integration:
                 assert not any(n.startswith("sentence_transformers") for n in names), path
+
+
+def test_an_older_sentence_transformers_is_named(monkeypatch):
+    """sentence-transformers 5 has no MultiVectorEncoder: the error names the version and the extra to install."""
+    older = types.ModuleType("sentence_transformers")
+    older.SentenceTransformer = SentenceTransformer
+    monkeypatch.setitem(sys.modules, "sentence_transformers", older)
+    monkeypatch.delitem(sys.modules, "embzoo.integrations.sentence_transformers", raising=False)
+    with pytest.raises(
+        ImportError, match=r"needs sentence-transformers>=6 .*pip install 'embzoo\[sentence-transformers\]'"
+    ):
+        embzoo.load(device="cpu").to_sentence_transformer()
 
 
 @pytest.mark.gpu

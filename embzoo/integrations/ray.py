@@ -23,9 +23,17 @@ from embzoo.loading import load
 
 
 def _column(batch: dict[str, np.ndarray], name: str) -> list[str]:
+    """The column's texts; ValueError for a missing column or a value that is not a string (a null is not "None")."""
     if name not in batch:
         raise ValueError(f"the dataset has no column {name!r}; its columns are {sorted(batch)}")
-    return [str(x) for x in batch[name]]
+    texts = list(batch[name])
+    bad = next((x for x in texts if not isinstance(x, str)), texts)
+    if bad is not texts:
+        raise ValueError(
+            f"column {name!r} holds {bad!r} ({type(bad).__name__}), not a string: drop or fill such rows first "
+            "(ds.filter / ds.map)"
+        )
+    return texts
 
 
 def _with_budget(options: Mapping[str, Any] | None, batch_tokens: int | None) -> dict[str, Any]:

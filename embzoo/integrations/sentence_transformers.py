@@ -10,7 +10,9 @@ truncate_dim, max_seq_length (settable on the copy alone), a reranker's activati
 
 What the module computes is what embzoo computes for the same text: ST prepends the prompt it resolved, and the
 module tokenizes prompt + text as Embedder.encode does (the model's text suffix and end token, the pool skips of a
-prompt left out of the pool), so the vectors are those of the native SentenceTransformer. Inference only.
+prompt left out of the pool), so the vectors are those of the native SentenceTransformer. A model with task adapters
+(jina-embeddings-v3) takes encode(texts, task=..., prompt_name=...) as its own sentence-transformers module does: the
+task picks the adapter, prompt_name its instruction. Inference only.
 
 Saving is refused: sentence-transformers 6 imports a module class outside its own package only with
 trust_remote_code=True, so a saved folder naming EmbzooModule would not load without it. The error names
@@ -25,11 +27,18 @@ from functools import cached_property
 from typing import Any
 
 import torch
-from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer, SparseEncoder
-from sentence_transformers.base.modules import InputModule, Normalize
+
+try:  # MultiVectorEncoder and the base modules' preprocess(inputs, prompt, task) came with sentence-transformers 6
+    from sentence_transformers import CrossEncoder, MultiVectorEncoder, SentenceTransformer, SparseEncoder
+    from sentence_transformers.base.modules import InputModule, Normalize
+except ImportError as error:
+    raise ImportError(
+        f"embzoo's sentence-transformers adapter needs sentence-transformers>=6 ({error}): "
+        "pip install 'embzoo[sentence-transformers]'"
+    ) from error
 
 from embzoo import kernels
-from embzoo.api import Embedder
+from embzoo.api import ROLE_PROMPTS, Embedder
 from embzoo.conversion.load import check_max_seq_length
 from embzoo.conversion.snapshot import PipelineSpec
 from embzoo.modeling.batch import PackedBatch
@@ -61,6 +70,9 @@ class EmbzooModule(InputModule):
         self.loaded = copy.copy(loaded)  # its own tokenizer once max_seq_length is set; the weights are shared
         self.model = loaded.model if isinstance(loaded, Embedder) else loaded.scorer
         self.kind = loaded.model.outputs[0] if isinstance(loaded, Embedder) else "scores"
+        self.task_lora = loaded.model.backbone.task_lora if isinstance(loaded, Embedder) else None
+        if self.task_lora is not None:  # encode(task=...) reaches forward, as with jina-embeddings-v3's own module
+            self.forward_kwargs = {"task"}
 
     @cached_property
     def tokenizer(self) -> Any:
@@ -132,8 +144,16 @@ class EmbzooModule(InputModule):
             features["token_type_ids"] = _padded(encoded.ids, encoded.type_ids)[0]
         return features
 
-    def forward(self, features: dict[str, Any], **_: Any) -> dict[str, Any]:
-        """One packed forward of the batch; the outputs padded back to the batch's width S."""
+    def forward(self, features: dict[str, Any], task: str | None = None, **_: Any) -> dict[str, Any]:
+        """One packed forward of the batch, the outputs padded back to the batch's width S; task: a task adapter of
+        the model (jina-embeddings-v3; its prompt is ST's prompt_name), else base weights (encode_query /
+        encode_document pass the roles "query" / "document")."""
+        if self.task_lora is None or task is None or (task in ROLE_PROMPTS and task not in self.task_lora.tasks):
+            return self._forward(features)
+        with self.task_lora.active(task):  # ValueError naming the tasks for an unknown one
+            return self._forward(features)
+
+    def _forward(self, features: dict[str, Any]) -> dict[str, Any]:
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
         batch = PackedBatch.from_padded(
             input_ids, attention_mask, features.get("token_type_ids"), features.get("key_lengths")

@@ -202,6 +202,8 @@ def attention(
         causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap, key_lengths=key_lengths
     )
     name = resolve_backend(q.device, q.dtype, features, backend)
+    if q.shape[0] == 0:  # no token (no sequence, or only empty ones): no backend handles the empty shapes
+        return q.new_zeros(q.shape)
     options = _Options(
         causal=causal,
         window=_effective_window(causal, window),
@@ -272,31 +274,42 @@ _Stamp = tuple[weakref.ref, int | None] | None
 _PER_BATCH: dict[Hashable, tuple[Hashable, tuple[_Stamp, ...], object]] = {}
 
 
-def _stamp(t: torch.Tensor | None) -> _Stamp:
-    """t's identity and version; inference tensors (made under inference_mode) track no version."""
-    if t is None:
-        return None
-    return weakref.ref(t), None if t.is_inference() else t._version
+def _version(t: torch.Tensor) -> int | None:
+    """t's version counter; inference tensors (made under inference_mode) track none."""
+    return None if t.is_inference() else t._version
 
 
 def _same(stamp: _Stamp, t: torch.Tensor | None) -> bool:
     """Whether t is the very tensor (unmodified since) that `stamp` was taken of."""
     if stamp is None or t is None:
         return stamp is None and t is None
-    return stamp[0]() is t and stamp[1] == _stamp(t)[1]
+    return stamp[0]() is t and stamp[1] == _version(t)
+
+
+def _forget(slot: Hashable) -> Callable[[weakref.ref], None]:
+    """Weakref callback: drop `slot`'s entry once a tensor it was built for is gone (the batch is over), so a
+    forward's masks (B * S * S, up to hundreds of MB for a long document) are not held until the next one."""
+
+    def forget(ref: weakref.ref) -> None:
+        hit = _PER_BATCH.get(slot)
+        if hit is not None and any(s is not None and s[0] is ref for s in hit[1]):
+            _PER_BATCH.pop(slot, None)
+
+    return forget
 
 
 def _per_batch(
     slot: Hashable, params: Hashable, tensors: tuple[torch.Tensor | None, ...], build: Callable[[], _T]
 ) -> _T:
-    """build(), kept in `slot` while `params` and the `tensors` objects (unmodified) repeat. Every layer of a
-    forward passes the same cu_seqlens/key_lengths tensors, so it runs once per forward; a different (or
-    modified) tensor rebuilds it."""
+    """build(), kept in `slot` while `params` and the `tensors` objects (unmodified) repeat, and dropped when one of
+    them is freed. Every layer of a forward passes the same cu_seqlens/key_lengths tensors, so it runs once per
+    forward; a different (or modified) tensor rebuilds it."""
     hit = _PER_BATCH.get(slot)
     if hit and hit[0] == params and all(_same(s, t) for s, t in zip(hit[1], tensors, strict=True)):
         return hit[2]
     value = build()
-    _PER_BATCH[slot] = (params, tuple(_stamp(t) for t in tensors), value)
+    stamps = tuple(None if t is None else (weakref.ref(t, _forget(slot)), _version(t)) for t in tensors)
+    _PER_BATCH[slot] = (params, stamps, value)
     return value
 
 

@@ -67,7 +67,7 @@ class Linear(nn.Linear):
     """nn.Linear that, in CPU float32 inference (no grad), multiplies by a oneDNN-packed copy of its weight, made on
     first use and remade when the weight changes (a merged adapter, a reload); about 1.2× MKL's GEMM on small CPUs,
     for one more copy of the weight in host memory ($EMBZOO_CPU_PACKED_LINEAR=0 turns it off). Elsewhere exactly
-    nn.Linear: CUDA, other dtypes, training."""
+    nn.Linear: CUDA, other dtypes, training, under torch.compile."""
 
     _packed: tuple[tuple[int, int], torch.Tensor] | None = None  # ((weight data_ptr, version), packed weight)
 
@@ -78,6 +78,7 @@ class Linear(nn.Linear):
             and x.device.type == "cpu"
             and x.dtype == w.dtype == torch.float32
             and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # Inductor cannot lower the packed op (and packs weights itself)
             and os.environ.get(PACKED_LINEAR_ENV) != "0"
         ):
             return super().forward(x)
@@ -87,6 +88,9 @@ class Linear(nn.Linear):
         flat = x.reshape(-1, x.shape[-1])
         out = torch.ops.mkldnn._linear_pointwise(flat, self._packed[1], self.bias, "none", [], "")
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_packed"}  # oneDNN's opaque tensor has no storage
 
     def _apply(self, fn: Callable, recurse: bool = True) -> Linear:
         self._packed = None  # moved or cast: the packed copy is stale (and would hold host memory)
