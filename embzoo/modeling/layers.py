@@ -65,9 +65,11 @@ _ONEDNN_LINEAR = _onednn_linear()
 
 class Linear(nn.Linear):
     """nn.Linear that, in CPU float32 inference (no grad), multiplies by a oneDNN-packed copy of its weight, made on
-    first use and remade when the weight changes (a merged adapter, a reload); about 1.2× MKL's GEMM on small CPUs,
-    for one more copy of the weight in host memory ($EMBZOO_CPU_PACKED_LINEAR=0 turns it off). Elsewhere exactly
-    nn.Linear: CUDA, other dtypes, training, under torch.compile."""
+    first use and remade when the weight changes in place through autograd's view (copy_ under no_grad, as embzoo's
+    adapter merges do, load_state_dict, .to()); writes through `weight.data` bypass the version counter and are not
+    seen (peft's merge_and_unload on this module: set $EMBZOO_CPU_PACKED_LINEAR=0 first). About 1.2× MKL's GEMM on
+    small CPUs, for one more copy of the weight in host memory ($EMBZOO_CPU_PACKED_LINEAR=0 turns it off). Elsewhere
+    exactly nn.Linear: CUDA, other dtypes, training, under torch.compile."""
 
     _packed: tuple[tuple[int, int], torch.Tensor] | None = None  # ((weight data_ptr, version), packed weight)
 
