@@ -4,9 +4,11 @@ Triton kernels run under the interpreter on CPU: TRITON_INTERPRET is set here, b
 imports embzoo (triton reads it when the kernels are defined).
 """
 
+import asyncio
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,35 @@ def assert_round_trip(src: Path, dst: Path, run, recipe: str | None = None, dtyp
         want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,), strict=True
     ):
         assert np.array_equal(np.asarray(a), np.asarray(b)), (a, b)
+
+
+def slowed(monkeypatch, obj, name: str, seconds: float) -> None:
+    """obj.name(...) sleeps `seconds` before each call (a model call long enough to watch the event loop)."""
+    method = getattr(obj, name)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, slow)
+
+
+def run_with_ticks(awaitable_factory) -> tuple:
+    """asyncio.run of awaitable_factory()'s result, and how many 10 ms event-loop ticks ran while it was awaited
+    (many: the calls left the loop free)."""
+
+    async def run():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        result = await awaitable_factory()
+        ticker.cancel()
+        return result, ticks
+
+    return asyncio.run(run())

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import reference_logits
+from conftest import reference_logits, run_with_ticks, slowed
 from test_encode import tiny_folder
 from test_rerank import DOCS as TEXTS
 from test_rerank import QUERY, bert_checkpoint
@@ -87,29 +87,8 @@ def test_bad_settings_say_what_to_do(minilm, make_checkpoint):
 def test_async_calls_leave_the_event_loop_running(minilm, monkeypatch):
     lc = EmbzooEmbeddings(client=minilm)
     want_docs, want_query = lc.embed_documents(TEXTS), lc.embed_query(QUERY)
-    encode = minilm.encode_document
-
-    def slow(*args, **kwargs):
-        time.sleep(0.2)
-        return encode(*args, **kwargs)
-
-    monkeypatch.setattr(minilm, "encode_document", slow)
-
-    async def run():
-        ticks = 0
-
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        docs, query = await asyncio.gather(lc.aembed_documents(TEXTS), lc.aembed_query(QUERY))
-        ticker.cancel()
-        return docs, query, ticks
-
-    docs, query, ticks = asyncio.run(run())
+    slowed(monkeypatch, minilm, "encode_document", 0.2)
+    (docs, query), ticks = run_with_ticks(lambda: asyncio.gather(lc.aembed_documents(TEXTS), lc.aembed_query(QUERY)))
     assert ticks >= 5  # the loop ran while the documents were encoded
     np.testing.assert_allclose(docs, want_docs, atol=1e-6, rtol=0)
     np.testing.assert_allclose(query, want_query, atol=1e-6, rtol=0)

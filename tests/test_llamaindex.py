@@ -3,12 +3,11 @@ sentence-transformers' prompts, EmbzooRerank against a transformers classifier's
 retrieval pipeline on a VectorStoreIndex with LlamaIndex's in-memory store (no LLM)."""
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import reference_logits
+from conftest import reference_logits, run_with_ticks, slowed
 from test_encode import tiny_folder
 from test_rerank import DOCS as TEXTS
 from test_rerank import QUERY, bert_checkpoint
@@ -62,31 +61,12 @@ def test_normalize_and_dimensions(minilm):
 def test_async_calls_leave_the_event_loop_running(minilm, monkeypatch):
     li = EmbzooEmbedding(client=minilm, embed_batch_size=2)
     want_docs, want_query = li.get_text_embedding_batch(TEXTS), li.get_query_embedding(QUERY)
-    encode = minilm.encode_document
-
-    def slow(*args, **kwargs):
-        time.sleep(0.1)
-        return encode(*args, **kwargs)
-
-    monkeypatch.setattr(minilm, "encode_document", slow)
-
-    async def run():
-        ticks = 0
-
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        docs, query, one = await asyncio.gather(
+    slowed(monkeypatch, minilm, "encode_document", 0.1)
+    (docs, query, one), ticks = run_with_ticks(
+        lambda: asyncio.gather(
             li.aget_text_embedding_batch(TEXTS), li.aget_query_embedding(QUERY), li.aget_text_embedding(TEXTS[1])
         )
-        ticker.cancel()
-        return docs, query, one, ticks
-
-    docs, query, one, ticks = asyncio.run(run())
+    )
     assert ticks >= 5
     np.testing.assert_allclose(docs, want_docs, atol=1e-6, rtol=0)
     np.testing.assert_allclose(query, want_query, atol=1e-6, rtol=0)

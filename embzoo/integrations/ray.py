@@ -131,8 +131,8 @@ def embed_dataset(
 ) -> Dataset:
     """ds with output_column: each row's text_column embedded by model (a Hub id or a folder every node can read).
     num_workers actors each load the model (num_gpus_per_worker GPUs each, on CUDA when > 0; num_cpus_per_worker CPUs
-    each, None: Ray's default); an actor call takes
-    batch_size rows, packed into batches of batch_tokens tokens (None: embzoo's default for the device).
+    each, None: Ray's default); an actor call takes batch_size rows, packed into batches of batch_tokens tokens (None:
+    embzoo's default for the device).
     load_kwargs go to embzoo.load (dtype, max_seq_length, recipe, ...), encode_kwargs to Embedder.encode (prompt_name,
     normalize, dimensions, precision, ...). Lazy, as every Ray Data transform."""
     return _map(
