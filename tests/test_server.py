@@ -245,14 +245,15 @@ def blocked(app):
 
     def hold():
         started.set()
-        release.wait(10)
+        release.wait(60)
 
     task = asyncio.ensure_future(app.state.service.batchers["mini"].call(hold))
     return task, started, release
 
 
 async def until(condition):
-    for _ in range(500):
+    """Wait for condition() up to 30 s (a loaded CI machine can be slow; a passing run waits milliseconds)."""
+    for _ in range(3000):
         if condition():
             return
         await asyncio.sleep(0.01)
@@ -263,7 +264,7 @@ def test_full_queue_answers_429(minilm):
     async def scenario():
         async with serving({"mini": minilm}, max_queue=1) as (app, client):
             holder, started, release = blocked(app)
-            await asyncio.to_thread(started.wait, 10)
+            await asyncio.to_thread(started.wait, 60)
             queued = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "queued"}))
             await until(lambda: app.state.service.batchers["mini"].depth == 1)
             refused = await client.post("/v1/embeddings", json={"input": "refused"})
@@ -284,7 +285,7 @@ def test_shutdown_finishes_queued_work(minilm):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
             holder, started, release = blocked(app)
-            await asyncio.to_thread(started.wait, 10)
+            await asyncio.to_thread(started.wait, 60)
             queued = [asyncio.ensure_future(client.post("/v1/embeddings", json={"input": t})) for t in TEXTS[:3]]
             await until(lambda: app.state.service.batchers["mini"].depth == 3)
             stopping = asyncio.ensure_future(lifespan.__aexit__(None, None, None))
@@ -299,6 +300,39 @@ def test_shutdown_finishes_queued_work(minilm):
     np.testing.assert_allclose(np.concatenate([vectors(q) for q in queued]), minilm.encode(TEXTS[:3]), atol=TOLERANCE)
     assert late.status_code == 503 and "shutting down" in late.text
     assert health.status_code == 503
+
+
+def test_shutdown_answers_a_request_still_tokenizing(minilm, monkeypatch):
+    """A request admitted before shutdown began (it holds a queue slot while it tokenizes) is answered, not 503."""
+    tokenizing, go = threading.Event(), threading.Event()
+    tokenize = minilm.tokenize
+
+    def slow_tokenize(*args, **kwargs):
+        tokenizing.set()
+        go.wait(60)
+        return tokenize(*args, **kwargs)
+
+    monkeypatch.setattr(minilm, "tokenize", slow_tokenize)
+
+    async def scenario():
+        app = create_app({"mini": minilm}, ServerSettings())
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
+            admitted = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": TEXTS[2]}))
+            await asyncio.to_thread(tokenizing.wait, 60)
+            stopping = asyncio.ensure_future(lifespan.__aexit__(None, None, None))
+            await until(lambda: app.state.service.closing)
+            late = await client.post("/v1/embeddings", json={"input": "too late"})
+            go.set()
+            answer = await admitted
+            await stopping
+            return answer, late
+
+    answer, late = asyncio.run(scenario())
+    np.testing.assert_allclose(vectors(answer), minilm.encode([TEXTS[2]]), atol=TOLERANCE)
+    assert late.status_code == 503
 
 
 def test_metrics_text(minilm):
@@ -506,7 +540,7 @@ def test_back_pressure_before_tokenizing(minilm, monkeypatch):
         async with serving({"mini": minilm}, max_queue=2, max_queue_tokens=10, max_request_bytes=200) as (app, client):
             batcher = app.state.service.batchers["mini"]
             holder, started, release = blocked(app)
-            await asyncio.to_thread(started.wait, 10)
+            await asyncio.to_thread(started.wait, 60)
             queued = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "a b c d e"}))
             await until(lambda: batcher.depth == 1)
             tokens = await client.post("/v1/embeddings", json={"input": "f g h i j"})  # 7 + 7 tokens: over 10

@@ -108,6 +108,7 @@ class Batcher:
                 yield
         finally:
             self._preparing -= 1
+            self._arrived.set()  # a closing worker waits for the preparing requests (see _wait)
 
     def start(self) -> None:
         """Start the worker on the running event loop, and the model's thread."""
@@ -123,14 +124,20 @@ class Batcher:
             self._executor.shutdown(wait=True)
 
     async def embed(
-        self, inputs: ModelInputs, finish: Callable[[torch.Tensor], Any], weights: dict[str, str] | None = None
+        self,
+        inputs: ModelInputs,
+        finish: Callable[[torch.Tensor], Any],
+        weights: dict[str, str] | None = None,
+        *,
+        prepared: bool = False,
     ) -> Any:
         """finish(rows) of the inputs' rows [n, D], computed in a batch merged with jobs of the same weights (embed's
-        task / adapter keywords); QueueFull or NotRunning when the job cannot be queued."""
+        task / adapter keywords); QueueFull or NotRunning when the job cannot be queued. prepared: the caller held a
+        prepare() slot and submits right after it (no await between): taken even once shutdown began."""
         if self.embed_fn is None:
             raise ValueError(f"{self.name} takes no embedding jobs")
         job = _Job(self._future(), self._now(), inputs=inputs, finish=finish, weights=dict(weights or {}))
-        return await self._submit(job)
+        return await self._submit(job, prepared)
 
     async def call(self, work: Callable[[], Any]) -> Any:
         """work() run alone on the model's thread, in queue order; QueueFull or NotRunning as embed."""
@@ -146,8 +153,9 @@ class Batcher:
         if self._worker is None or self._closing:
             raise NotRunning(f"{self.name} is {'shutting down' if self._closing else 'not started'}")
 
-    async def _submit(self, job: _Job) -> Any:
-        self._check_open()
+    async def _submit(self, job: _Job, prepared: bool = False) -> Any:
+        if not (prepared and self.alive):
+            self._check_open()
         if len(self._queue) + self._preparing >= self.max_queue:
             raise QueueFull(f"{self.name} has {self.depth} requests queued (the limit, --max-queue)")
         if self._queue and self._queued_tokens + job.tokens > self.max_queue_tokens:
@@ -178,9 +186,10 @@ class Batcher:
 
     async def _wait(self, deadline: float | None) -> bool:
         """True once a job is queued; False when the deadline (loop time; None: none) passes first, or the
-        queue is empty while closing. Closing never waits for a deadline."""
+        queue is empty while closing with no request preparing (it submits right after). Closing never waits for a
+        deadline."""
         while not self._queue:
-            if self._closing:
+            if self._closing and not self._preparing:
                 return False
             timeout = None if deadline is None else deadline - self._now()
             if timeout is not None and timeout <= 0:

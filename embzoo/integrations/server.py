@@ -268,7 +268,7 @@ class _Service:
         except ValueError as error:  # the request's prompt options or token ids, checked by tokenize / id_inputs
             raise ApiError(400, str(error), "input" if kind == "ids" else None) from None
         finish = partial(model.finish_sentences, dimensions=req.dimensions)
-        vectors = await self.run(batcher.embed(inputs, finish, weights))
+        vectors = await self.run(batcher.embed(inputs, finish, weights, prepared=True))
         tokens = sum(len(s) for s in inputs.ids)
         self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
         self.metrics.inc("embzoo_truncated_inputs_total", inputs.truncated, model=name)
