@@ -39,10 +39,27 @@ def minilm():
 async def serving(models, **settings):
     """The app with its lifespan running, and a client for it."""
     app = create_app(models, ServerSettings(**settings))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
-            yield app, client
+    async with app.router.lifespan_context(app), client_for(app) as client:
+        yield app, client
+
+
+async def started_app(models) -> tuple:
+    """(the app, its running lifespan): the test ends the lifespan itself, to watch a shutdown."""
+    app = create_app(models, ServerSettings())
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    return app, lifespan
+
+
+def client_for(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://embzoo")
+
+
+def assert_errors(answers, expected) -> None:
+    """Each answer has the expected (status, a fragment of the error message)."""
+    for answer, (status, message) in zip(answers, expected, strict=True):
+        assert answer.status_code == status, answer.text
+        assert message in answer.json()["error"]["message"], answer.text
 
 
 def vectors(response) -> np.ndarray:
@@ -216,9 +233,7 @@ def test_bad_requests_are_explained(minilm):
         (400, "unknown prompt_name 'nope'"),
         (413, "input 0 has 302 tokens, more than mini's limit of 256"),
     ]
-    for answer, (status, message) in zip(answers, expected, strict=True):
-        assert answer.status_code == status, answer.text
-        assert message in answer.json()["error"]["message"], answer.text
+    assert_errors(answers, expected)
 
 
 def test_api_key(minilm):
@@ -279,11 +294,8 @@ def test_full_queue_answers_429(minilm):
 
 def test_shutdown_finishes_queued_work(minilm):
     async def scenario():
-        app = create_app({"mini": minilm}, ServerSettings())
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
+        app, lifespan = await started_app({"mini": minilm})
+        async with client_for(app) as client:
             holder, started, release = blocked(app)
             await asyncio.to_thread(started.wait, 60)
             queued = [asyncio.ensure_future(client.post("/v1/embeddings", json={"input": t})) for t in TEXTS[:3]]
@@ -315,11 +327,8 @@ def test_shutdown_answers_a_request_still_tokenizing(minilm, monkeypatch):
     monkeypatch.setattr(minilm, "tokenize", slow_tokenize)
 
     async def scenario():
-        app = create_app({"mini": minilm}, ServerSettings())
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
+        app, lifespan = await started_app({"mini": minilm})
+        async with client_for(app) as client:
             admitted = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": TEXTS[2]}))
             await asyncio.to_thread(tokenizing.wait, 60)
             stopping = asyncio.ensure_future(lifespan.__aexit__(None, None, None))
@@ -687,6 +696,4 @@ def test_more_bad_requests_are_explained(minilm):
         (400, "the request body must be a JSON object"),
         (400, "token-id input 1 is empty"),
     ]
-    for answer, (status, message) in zip(answers, expected, strict=True):
-        assert answer.status_code == status, answer.text
-        assert message in answer.json()["error"]["message"], answer.text
+    assert_errors(answers, expected)
