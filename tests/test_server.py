@@ -478,15 +478,13 @@ def test_api_key_is_checked_under_a_mount_prefix(minilm):
         app = create_app({"mini": minilm}, ServerSettings(api_key="s3cret"))
         parent = FastAPI()
         parent.mount("/embed", app)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=parent)
-            async with httpx.AsyncClient(transport=transport, base_url="http://embzoo") as client:
-                return [
-                    await client.post("/embed/v1/embeddings", json={"input": "x"}),
-                    await client.get("/embed/v1/models", headers={"Authorization": "bearer s3cret"}),
-                    await client.get("/embed/openapi.json"),
-                    await client.get("/embed/docs"),
-                ]
+        async with app.router.lifespan_context(app), client_for(parent) as client:
+            return [
+                await client.post("/embed/v1/embeddings", json={"input": "x"}),
+                await client.get("/embed/v1/models", headers={"Authorization": "bearer s3cret"}),
+                await client.get("/embed/openapi.json"),
+                await client.get("/embed/docs"),
+            ]
 
     missing, lower_case, openapi, docs = asyncio.run(scenario())
     assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
