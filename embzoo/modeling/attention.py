@@ -339,18 +339,26 @@ def _alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
 
 def _padding(
     cu_seqlens: torch.Tensor, max_seqlen: int, total: int, o: _Options, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows int64 [T]: each packed token's row in the padded [B * S] layout, ok bool [B, 1, S, S], the same as an
-    additive dtype mask: 0 or -inf), built once per forward and window."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(rows int64 [T]: each packed token's row in the padded [B * S] layout; mask [B, 1, S, S]: bool "may attend" for
+    ALiBi / softcap, else additive in dtype (0 or -inf); keyless bool [B, 1, S, 1] or None: queries whose window holds
+    no key (they attend to anything, their output is zeroed)), built once per forward and window."""
+    additive = o.alibi_slopes is None and o.softcap is None
 
-    def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
         seq = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths, output_size=total)
         rows = torch.arange(total, device=seq.device) + seq * max_seqlen - cu_seqlens[:-1].long()[seq]
         ok = _allowed(lengths, max_seqlen, o.window, o.key_lengths)[:, None]
-        return rows, ok, torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
+        keyless = None
+        if o.key_lengths is not None and o.window[0] >= 0:  # a left window can end before the key prefix
+            keyless = ~ok.any(-1, keepdim=True)
+            ok = ok | keyless  # attend to something (finite values and grads), zeroed after
+        if additive:
+            ok = torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
+        return rows, ok, keyless
 
-    return _per_batch(("sdpa", o.window), (max_seqlen, total, dtype), (cu_seqlens, o.key_lengths), build)
+    return _per_batch(("sdpa", o.window), (max_seqlen, total, dtype, additive), (cu_seqlens, o.key_lengths), build)
 
 
 def _sdpa(
@@ -363,29 +371,28 @@ def _sdpa(
 ) -> torch.Tensor:
     """Pad to [B, H, S, d], attend with a dense mask (fp32 when ALiBi/softcap), unpad."""
     heads, batch = q.shape[1], cu_seqlens.shape[0] - 1
-    rows, ok, additive = _padding(cu_seqlens, max_seqlen, q.shape[0], o, q.dtype)
+    rows, mask, keyless = _padding(cu_seqlens, max_seqlen, q.shape[0], o, q.dtype)
 
     def padded(x: torch.Tensor) -> torch.Tensor:
         flat = x.new_zeros(batch * max_seqlen, *x.shape[1:]).index_copy_(0, rows, x)
         return flat.view(batch, max_seqlen, *x.shape[1:]).transpose(1, 2)
 
     qp, kp, vp = padded(q), padded(k), padded(v)
-    keyless = None
-    if o.key_lengths is not None and o.window[0] >= 0:  # a left window can end before the key prefix
-        keyless = ~ok.any(-1, keepdim=True)
-        ok = ok | keyless  # attend to something (finite values and grads), zeroed below
-        additive = additive.masked_fill(keyless, 0)
     bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, max_seqlen)
     gqa = k.shape[1] != heads
     if o.softcap is not None:
-        out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), ok, bias, o.scale, o.softcap)
+        out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), mask, bias, o.scale, o.softcap)
     elif bias is not None:
-        mask = bias.masked_fill(~ok, float("-inf"))
         out = F.scaled_dot_product_attention(
-            qp.float(), kp.float(), vp.float(), attn_mask=mask, scale=o.scale, enable_gqa=gqa
+            qp.float(),
+            kp.float(),
+            vp.float(),
+            attn_mask=bias.masked_fill(~mask, float("-inf")),
+            scale=o.scale,
+            enable_gqa=gqa,
         )
     else:
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=additive, scale=o.scale, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=o.scale, enable_gqa=gqa)
     if keyless is not None:
         out = out.masked_fill(keyless, 0)
     return out.transpose(1, 2).reshape(batch * max_seqlen, heads, -1).index_select(0, rows).to(q.dtype)
