@@ -96,6 +96,8 @@ class ArchConfig:
                 raise UnsupportedConfig(f"ArchConfig.{name}={getattr(self, name)!r}; allowed: {allowed}")
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
         object.__setattr__(self, "lora_tasks", tuple(self.lora_tasks))
+        if self.num_layers < 1:
+            raise UnsupportedConfig(f"num_layers must be >= 1, got {self.num_layers}")
         if self.lora_tasks and self.lora_rank < 1:
             raise UnsupportedConfig(f"lora_tasks {self.lora_tasks} need lora_rank >= 1, got {self.lora_rank}")
         if self.layer_types and (len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES)):

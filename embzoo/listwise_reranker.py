@@ -98,11 +98,9 @@ class ListwiseReranker(Ranker):
         for idx in token_budget_batches([len(b.ids) for b in blocks], batch_tokens):
             batch = PackedBatch.from_sequences([blocks[i].ids for i in idx])
             pin = self.device.type == "cuda"  # pinned: the copies stay asynchronous, as PackedBatch.to's
-            rows = (
-                (r.pin_memory() if pin else r).to(self.device, non_blocking=pin)
-                for r in self.scorer.marker_rows(batch.input_ids)
-            )
-            q, d = self.scorer(batch.to(self.device), *rows)
+            rows, *at = self.scorer.marker_rows(batch)
+            at = [(r.pin_memory() if pin else r).to(self.device, non_blocking=pin) for r in at]
+            q, d = self.scorer(batch.to(self.device), rows.to(self.device), *at)
             per_block = d.split([len(blocks[i].documents) for i in idx])
             for row, (i, doc_vectors) in enumerate(zip(idx.tolist(), per_block, strict=True)):
                 queries[i], documents[i] = q[row], doc_vectors

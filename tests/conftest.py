@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,21 @@ TINY_GEMMA3 = dict(
     layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     use_bidirectional_attention=True,
 )
+
+
+@contextmanager
+def mlp_rows(backbone) -> Iterator[dict[str, list[int]]]:
+    """Record the rows each forward feeds the first and the last block's MLP: {"first": [...], "last": [...]}."""
+    seen: dict[str, list[int]] = {"first": [], "last": []}
+    hooks = [
+        backbone.layers[i].mlp.register_forward_pre_hook(lambda _m, args, key=key: seen[key].append(args[0].shape[0]))
+        for key, i in (("first", 0), ("last", -1))
+    ]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def ragged_ids(lengths, vocab, seed=0, low=5) -> list[list[int]]:

@@ -16,6 +16,7 @@ from embzoo.modeling.attention import (
     requested_features,
     resolve_backend,
 )
+from embzoo.modeling.batch import TokenRows
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -552,3 +553,47 @@ def test_per_forward_masks_are_freed_with_the_batch(backend):
     del cu
     gc.collect()
     assert not set(slots) & set(attn_mod._PER_BATCH)
+
+
+# ---- rows: only some tokens are queries (the last layer of a model whose pooler reads single tokens) ----------
+
+# per shape: the query rows, grouped by sequence (several in one sequence, none in others, a repeated one)
+ROW_CHOICES = {
+    SHAPES[0][0]: [0, 4, 5, 6, 6, 22, 24],
+    SHAPES[1][0]: [0, 7, 22],
+    SHAPES[2][0]: [1, 10, 2, 11],
+    SHAPES[3][0]: [2, 3, 8],
+}
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["all-keys", "key-prefix"])
+@pytest.mark.parametrize("feats", FEATURES.values(), ids=FEATURES)
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"L{'-'.join(map(str, s[0]))}_H{s[1]}kv{s[2]}" for s in SHAPES])
+def test_rows_match_naive_fp32(shape, feats, keys):
+    lengths, heads, kv_heads, dim = shape
+    q, k, v, cu, slopes = make_inputs(lengths, heads, kv_heads, dim)
+    index = torch.tensor(ROW_CHOICES[lengths])
+    seq = torch.searchsorted(cu[1:].long(), index, right=True)
+    rows = TokenRows(index, int(torch.bincount(seq).max()))
+    key_lengths = [max(1, n // 3) if n else 0 for n in lengths] if keys else None
+    kwargs = {key: val for key, val in feats.items() if key != "alibi"}
+    alibi = slopes if feats.get("alibi") else None
+    keys_t = None if key_lengths is None else torch.tensor(key_lengths, dtype=torch.int32)
+    out = attention(q[index], k, v, cu, max(lengths), alibi_slopes=alibi, key_lengths=keys_t, rows=rows, **kwargs)
+    ref = naive_attention(q, k, v, lengths, alibi=alibi, key_lengths=key_lengths, **kwargs)[index]
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max().item() <= 1e-5
+
+
+def test_rows_take_the_dense_path_whatever_the_backend():
+    """A forced backend still checks the call's features, then the rows run on the dense path (flex's block mask
+    is square)."""
+    q, k, v, cu, slopes = make_inputs((5, 3), 4, 2, 8)
+    rows = TokenRows.ends(cu, ["first", "last"])
+    out = attention(q[rows.index], k, v, cu, 5, causal=True, backend="flex", rows=rows)
+    ref = naive_attention(q, k, v, (5, 3), causal=True)[rows.index]
+    assert (out.double() - ref).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="varlen"):
+        attention(q[rows.index], k, v, cu, 5, backend="varlen", rows=rows)
+    with pytest.raises(ValueError, match=r"q \[R=4, H, d\]"):
+        attention(q, k, v, cu, 5, rows=rows)

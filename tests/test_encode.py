@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_st_layout
+from conftest import mlp_rows, write_st_layout
 from safetensors.torch import save_file
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import quantize_embeddings
@@ -55,14 +55,28 @@ POOLINGS = [
     {"pooling_mode": "weightedmean"},
     {"pooling_mode": "mean_sqrt_len_tokens"},
     {"pooling_mode": ["cls", "mean", "max"]},
+    {"pooling_mode": ["lasttoken", "cls"]},
     {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True},
 ]
+
+
+def single_token_rows(model: embzoo.Embedder) -> int:
+    """Tokens per text the last layer computes when only pooled tokens are (cls / last token: one per mode), else 0."""
+    modes = model.model.pooler.modes
+    return len(modes) if set(modes) <= {"cls", "lasttoken"} else 0
 
 
 @pytest.mark.parametrize("pooling", POOLINGS, ids=lambda p: json.dumps(p))
 def test_pooling_modes_match_sentence_transformers(make_checkpoint, pooling):
     ours, ref = both(tiny_folder(make_checkpoint, pooling))
-    np.testing.assert_allclose(ours.encode(TEXTS), ref.encode(TEXTS), atol=1e-5, rtol=0)
+    with mlp_rows(ours.model.backbone) as rows:
+        np.testing.assert_allclose(ours.encode(TEXTS), ref.encode(TEXTS), atol=1e-5, rtol=0)
+    # the last layer runs its attention output and MLP for the pooled tokens only, when they are single tokens
+    per_text = single_token_rows(ours)
+    if per_text:
+        assert sum(rows["last"]) == per_text * len(TEXTS) < sum(rows["first"])
+    else:
+        assert rows["last"] == rows["first"]
 
 
 @pytest.mark.parametrize("mode", ["mean", "weightedmean", "cls", "max"])
@@ -71,6 +85,17 @@ def test_include_prompt_false_matches_sentence_transformers(make_checkpoint, mod
     ours, ref = both(tiny_folder(make_checkpoint, pooling, prompts={"query": "search query: "}))
     got = ours.encode(TEXTS, prompt_name="query")
     np.testing.assert_allclose(got, ref.encode(TEXTS, prompt_name="query"), atol=1e-5, rtol=0)
+
+
+def test_token_outputs_keep_every_token_in_the_last_layer(make_checkpoint):
+    ours, ref = both(tiny_folder(make_checkpoint, {"pooling_mode": "cls"}))
+    with mlp_rows(ours.model.backbone) as rows:
+        both_outputs = ours.encode(TEXTS, output=["sentence", "tokens"])
+    assert rows["last"] == rows["first"]
+    np.testing.assert_allclose(both_outputs["sentence"], ours.encode(TEXTS), atol=1e-6, rtol=0)
+    want = ref.encode(TEXTS, output_value="token_embeddings")
+    for got, theirs in zip(both_outputs["tokens"], want, strict=True):
+        np.testing.assert_allclose(got, theirs.numpy(), atol=1e-5, rtol=0)
 
 
 def test_dense_and_normalize_match_sentence_transformers(make_checkpoint):

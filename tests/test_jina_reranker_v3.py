@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import mlp_rows
 from safetensors.torch import load_file, save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
@@ -178,7 +179,9 @@ def test_scores_and_order_match_the_reference(checkpoint, instruction):
     reranker = load(folder)
     assert isinstance(reranker, embzoo.ListwiseReranker)
     want = reference_scores(model, proj, tok, QUERY, DOCS, instruction=instruction)
-    ranked = reranker.rank(QUERY, DOCS, instruction=instruction, return_documents=True)
+    with mlp_rows(reranker.scorer.backbone) as rows:
+        ranked = reranker.rank(QUERY, DOCS, instruction=instruction, return_documents=True)
+    assert rows["last"] == [len(DOCS) + 1] and rows["first"][0] > len(DOCS) + 1  # the last layer: the markers only
     check(np.array([r["score"] for r in sorted(ranked, key=lambda r: r["index"])]), want)
     assert [r["index"] for r in ranked] == np.argsort(-want, kind="stable").tolist()
     assert all(r["document"] == DOCS[r["index"]] for r in ranked)

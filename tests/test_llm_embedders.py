@@ -4,7 +4,7 @@ Normalize, task prompts) and a Qwen3-Embedding-like one (causal, last token, Mat
 
 import numpy as np
 import pytest
-from conftest import TINY_GEMMA3, TINY_QWEN3, add_dense, write_st_layout
+from conftest import TINY_GEMMA3, TINY_QWEN3, add_dense, mlp_rows, write_st_layout
 from sentence_transformers import SentenceTransformer
 from transformers import Gemma3TextConfig, Gemma3TextModel, Qwen3Config, Qwen3Model
 
@@ -62,6 +62,9 @@ def test_qwen3_embedding_like_matches_sentence_transformers(qwen3_folder):
     for padding_side in ("left", "right"):  # last-token pooling must not depend on it
         model.tokenizer.padding_side = padding_side
         ref = model.encode(TEXTS, prompt_name="query")
-        np.testing.assert_allclose(embzoo.load(qwen3_folder).encode(TEXTS, prompt_name="query"), ref, atol=1e-5)
+        ours = embzoo.load(qwen3_folder)
+        with mlp_rows(ours.model.backbone) as rows:
+            np.testing.assert_allclose(ours.encode(TEXTS, prompt_name="query"), ref, atol=1e-5)
+        assert sum(rows["last"]) == len(TEXTS) < sum(rows["first"])  # causal: the last layer runs the last tokens
     ours = embzoo.load(qwen3_folder).encode(TEXTS, dimensions=8)
     np.testing.assert_allclose(ours, model.encode(TEXTS, truncate_dim=8, normalize_embeddings=True), atol=1e-5)

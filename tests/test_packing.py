@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from embzoo.modeling.batch import PackedBatch
+from embzoo.kernels.pooling import segment_pool_ref
+from embzoo.modeling.batch import PackedBatch, TokenRows
 from embzoo.packing import token_budget_batches
 
 
@@ -51,3 +52,17 @@ def test_packed_batch_key_lengths():
             PackedBatch.from_sequences(seqs, key_lengths=bad)
     with pytest.raises(ValueError, match=r"one entry per sequence \(3\); got 2"):
         PackedBatch.from_sequences(seqs, key_lengths=[1, 1])
+
+
+@pytest.mark.parametrize("skip", [None, [0, 2, 5, 1]], ids=["no-skip", "skip"])
+def test_token_rows_at_the_ends_are_the_pooled_tokens(skip):
+    """TokenRows.ends picks the rows segment_pool reads for "first" / "last" (a skip past the end: the first token)."""
+    cu = torch.tensor([0, 3, 7, 9, 10], dtype=torch.int32)
+    h = torch.randn(10, 4)
+    skip_t = None if skip is None else torch.tensor(skip, dtype=torch.int32)
+    rows = TokenRows.ends(cu, ["last", "first"], skip_t)
+    assert rows.per_sequence == 2
+    want = torch.stack([segment_pool_ref(h, cu, mode, skip_t) for mode in ("last", "first")], dim=1)
+    torch.testing.assert_close(h[rows.index].view(4, 2, 4), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="'first' or 'last'"):
+        TokenRows.ends(cu, ["mean"])

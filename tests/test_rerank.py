@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_QWEN3, no_type_ids, reference_logits
+from conftest import TINY_QWEN3, mlp_rows, no_type_ids, reference_logits
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -99,7 +99,10 @@ def test_scores_match_transformers(make_checkpoint, case):
     reranker = embzoo.load(folder, device="cpu", max_seq_length=MAX_LEN)
     assert isinstance(reranker, embzoo.Reranker) and reranker.max_seq_length == MAX_LEN
     want = reference_logits(folder, ref, PAIRS, MAX_LEN)
-    got = reranker.score(PAIRS, activation="none")
+    with mlp_rows(reranker.scorer.backbone) as rows:
+        got = reranker.score(PAIRS, activation="none")
+    # a first-token head: the last layer computes that token alone (a mean head reads every token)
+    assert sum(rows["last"]) == (len(PAIRS) if reranker.scorer.head.pooling == "cls" else sum(rows["first"]))
     assert got.dtype == np.float32 and got.shape == (len(PAIRS),)
     torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=0)
     # batch invariance: one pair per batch gives the same scores

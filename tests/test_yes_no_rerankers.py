@@ -9,7 +9,7 @@ import logging
 
 import pytest
 import torch
-from conftest import padded
+from conftest import mlp_rows, padded
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoTokenizer,
@@ -188,7 +188,9 @@ def test_score_row_matches_full_vocabulary_logits(checkpoint, case):
     assert reranker.inputs.encode([q for q, _ in pairs], [d for _, d in pairs], None).ids == ids
     want = reference_scores(model, ids, positive, negative)
     assert want.abs().max() > 0.5  # logits large enough for 1e-4 to mean something
-    raw = torch.from_numpy(reranker.score(pairs, activation="none"))
+    with mlp_rows(reranker.scorer.backbone) as rows:
+        raw = torch.from_numpy(reranker.score(pairs, activation="none"))
+    assert sum(rows["last"]) == len(pairs) < sum(rows["first"])  # the last layer computes the last tokens only
     torch.testing.assert_close(raw, want, atol=1e-4, rtol=0)
     alone = torch.from_numpy(reranker.score(pairs, activation="none", batch_tokens=1))  # one pair per batch
     torch.testing.assert_close(alone, raw, atol=1e-5, rtol=0)

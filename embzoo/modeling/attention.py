@@ -19,6 +19,10 @@ past the prefix) outputs 0. flash/varlen run it on a compact K/V stream, where f
 unequal query and key lengths bottom-right, so there causal, window and ALiBi would be shifted and are
 refused instead. Forcing a backend (argument, else env EMBZOO_ATTENTION) that cannot
 honour the call raises ValueError; no feature is ever dropped silently.
+
+`rows` (a TokenRows) makes only those tokens queries, q [R, H, d], against every token's keys: a model's last
+layer when only pooled tokens are read. About one query per sequence, so it takes one dense path on every
+backend (keys padded to [B, S]) with all the features above.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from typing import TypeVar
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+from embzoo.modeling.batch import TokenRows
 
 __all__ = [
     "BACKENDS",
@@ -190,14 +196,16 @@ def attention(
     softcap: float | None = None,
     key_lengths: torch.Tensor | None = None,
     backend: str | None = None,
+    rows: TokenRows | None = None,
 ) -> torch.Tensor:
     """Attention within each packed sequence. q [T, H, d], k/v [T, Hkv, d] -> [T, H, d] in q.dtype.
 
     cu_seqlens int32 [B+1] on q's device; alibi_slopes float32 [H]; scale None = 1/sqrt(d);
     softcap None or 0 = off; key_lengths int32 [B] on q's device (None = all): only the first
     key_lengths[b] tokens of sequence b are keys/values (1..its length, 0 for an empty one; unchecked).
+    rows (on q's device): q [R, H, d] holds the queries of tokens rows.index only -> [R, H, d].
     """
-    _check_inputs(q, k, v, cu_seqlens, window, alibi_slopes, softcap, key_lengths)
+    _check_inputs(q, k, v, cu_seqlens, window, alibi_slopes, softcap, key_lengths, rows)
     features = requested_features(
         causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap, key_lengths=key_lengths
     )
@@ -212,6 +220,8 @@ def attention(
         softcap=softcap or None,
         key_lengths=key_lengths,
     )
+    if rows is not None:
+        return _row_attention(q, k, v, cu_seqlens, max_seqlen, rows, options)
     return _IMPLS[name](q, k, v, cu_seqlens, max_seqlen, options)
 
 
@@ -224,10 +234,13 @@ def _check_inputs(
     alibi_slopes: torch.Tensor | None,
     softcap: float | None,
     key_lengths: torch.Tensor | None,
+    rows: TokenRows | None,
 ) -> None:
     """Shape and argument checks shared by every backend; raises ValueError."""
-    if q.dim() != 3 or k.shape != v.shape or k.dim() != 3 or k.shape[0] != q.shape[0]:
-        raise ValueError(f"expected q [T, H, d], k/v [T, Hkv, d]; got {tuple(q.shape)}, {tuple(k.shape)}")
+    queries = k.shape[0] if rows is None else rows.index.numel()
+    if q.dim() != 3 or k.shape != v.shape or k.dim() != 3 or q.shape[0] != queries:
+        want = "q [T, H, d]" if rows is None else f"q [R={queries}, H, d] (one per row)"
+        raise ValueError(f"expected {want}, k/v [T, Hkv, d]; got {tuple(q.shape)}, {tuple(k.shape)}")
     if q.shape[-1] != k.shape[-1] or q.shape[1] % k.shape[1]:
         raise ValueError(f"k/v heads must divide q heads and share d; got {tuple(q.shape)}, {tuple(k.shape)}")
     if window is not None and (len(window) != 2 or min(window) < -1):
@@ -316,25 +329,24 @@ def _per_batch(
 # ---- sdpa: padded reference ------------------------------------------------------------------
 
 
-def _allowed(lengths: torch.Tensor, length: int, window: Window, key_lengths: torch.Tensor | None) -> torch.Tensor:
-    """Bool [B, S, S]: query i may see key j (j < key_lengths, default lengths, and inside the window).
-    Padding query rows see everything (no empty rows)."""
-    idx = torch.arange(length, device=lengths.device)
-    i, j = idx[:, None], idx[None, :]
-    keys = lengths if key_lengths is None else key_lengths
-    ok = (j < keys[:, None, None]).expand(-1, length, -1)
+def _allowed(keys: torch.Tensor, query_pos: torch.Tensor, length: int, window: Window) -> torch.Tensor:
+    """Bool [B, Sq, S]: the query at position query_pos [B or 1, Sq] may see key j < length (j < keys[b], keys int
+    [B], and inside the window)."""
+    i, j = query_pos[..., None], torch.arange(length, device=keys.device)
+    ok = (j < keys[:, None, None]).expand(-1, query_pos.shape[-1], -1)
     left, right = window
     if left >= 0:
         ok = ok & (j >= i - left)
     if right >= 0:
         ok = ok & (j <= i + right)
-    return ok | (i >= lengths[:, None, None])
+    return ok
 
 
-def _alibi_bias(slopes: torch.Tensor, length: int) -> torch.Tensor:
-    """Float32 [H, S, S] bias -slope_h * |i - j|."""
-    idx = torch.arange(length, device=slopes.device)
-    return -slopes.float()[:, None, None] * (idx[:, None] - idx[None, :]).abs()
+def _alibi_bias(slopes: torch.Tensor, query_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """Float32 bias -slope_h * |i - j| for queries at query_pos [..., Sq] and keys j < length: [H, Sq, S] for a 1-D
+    query_pos, [B, H, Sq, S] for query_pos [B, 1, Sq]."""
+    j = torch.arange(length, device=slopes.device)
+    return -slopes.float()[:, None, None] * (query_pos[..., :, None] - j).abs()
 
 
 def _padding(
@@ -347,18 +359,46 @@ def _padding(
 
     def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        seq = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths, output_size=total)
-        rows = torch.arange(total, device=seq.device) + seq * max_seqlen - cu_seqlens[:-1].long()[seq]
-        ok = _allowed(lengths, max_seqlen, o.window, o.key_lengths)[:, None]
+        keys = lengths if o.key_lengths is None else o.key_lengths
+        query_pos = torch.arange(max_seqlen, device=lengths.device)
+        padding_query = query_pos[:, None] >= lengths[:, None, None]  # sees everything: no empty rows
+        ok = (_allowed(keys, query_pos[None], max_seqlen, o.window) | padding_query)[:, None]
         keyless = None
         if o.key_lengths is not None and o.window[0] >= 0:  # a left window can end before the key prefix
             keyless = ~ok.any(-1, keepdim=True)
             ok = ok | keyless  # attend to something (finite values and grads), zeroed after
         if additive:
             ok = torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, float("-inf"))
-        return rows, ok, keyless
+        return _pad_index(cu_seqlens, max_seqlen, total), ok, keyless
 
     return _per_batch(("sdpa", o.window), (max_seqlen, total, dtype, additive), (cu_seqlens, o.key_lengths), build)
+
+
+def _pad_index(cu_seqlens: torch.Tensor, length: int, total: int) -> torch.Tensor:
+    """int64 [T]: each packed token's row in the padded [B * length] layout."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    seq = torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths, output_size=total)
+    return torch.arange(total, device=seq.device) + seq * length - cu_seqlens[:-1].long()[seq]
+
+
+def _padded(x: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """x [N, heads, d] placed at rows `index` of a zero [B * length] layout -> [B, heads, length, d]."""
+    flat = x.new_zeros(batch * length, *x.shape[1:]).index_copy_(0, index, x)
+    return flat.view(batch, length, *x.shape[1:]).transpose(1, 2)
+
+
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, o: _Options
+) -> torch.Tensor:
+    """Dense attention on q [B, H, Sq, d], k/v [B, Hkv, S, d] -> [B, H, Sq, d]; mask [B, 1, Sq, S] is bool "may
+    attend" (or additive in q.dtype when there is neither bias nor softcap); fp32 with ALiBi bias or softcap."""
+    heads, gqa = q.shape[1], k.shape[1] != q.shape[1]
+    if o.softcap is not None:
+        return _explicit(q, _repeat_kv(k, heads, 1), _repeat_kv(v, heads, 1), mask, bias, o.scale, o.softcap)
+    if bias is not None:
+        mask = bias.masked_fill(~mask, float("-inf"))
+        q, k, v = q.float(), k.float(), v.float()
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=o.scale, enable_gqa=gqa)
 
 
 def _sdpa(
@@ -372,30 +412,42 @@ def _sdpa(
     """Pad to [B, H, S, d], attend with a dense mask (fp32 when ALiBi/softcap), unpad."""
     heads, batch = q.shape[1], cu_seqlens.shape[0] - 1
     rows, mask, keyless = _padding(cu_seqlens, max_seqlen, q.shape[0], o, q.dtype)
-
-    def padded(x: torch.Tensor) -> torch.Tensor:
-        flat = x.new_zeros(batch * max_seqlen, *x.shape[1:]).index_copy_(0, rows, x)
-        return flat.view(batch, max_seqlen, *x.shape[1:]).transpose(1, 2)
-
-    qp, kp, vp = padded(q), padded(k), padded(v)
-    bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, max_seqlen)
-    gqa = k.shape[1] != heads
-    if o.softcap is not None:
-        out = _explicit(qp, _repeat_kv(kp, heads, 1), _repeat_kv(vp, heads, 1), mask, bias, o.scale, o.softcap)
-    elif bias is not None:
-        out = F.scaled_dot_product_attention(
-            qp.float(),
-            kp.float(),
-            vp.float(),
-            attn_mask=bias.masked_fill(~mask, float("-inf")),
-            scale=o.scale,
-            enable_gqa=gqa,
-        )
-    else:
-        out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=o.scale, enable_gqa=gqa)
+    qp, kp, vp = (_padded(x, rows, batch, max_seqlen) for x in (q, k, v))
+    query_pos = torch.arange(max_seqlen, device=q.device)
+    bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, query_pos, max_seqlen)
+    out = _attend(qp, kp, vp, mask, bias, o)
     if keyless is not None:
         out = out.masked_fill(keyless, 0)
     return out.transpose(1, 2).reshape(batch * max_seqlen, heads, -1).index_select(0, rows).to(q.dtype)
+
+
+def _row_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    rows: TokenRows,
+    o: _Options,
+) -> torch.Tensor:
+    """The queries of rows.index (q [R, H, d]) against every key: queries padded to [B, H, rows.per_sequence, d],
+    keys and values to [B, Hkv, S, d], a bool mask from each query's position; a query with no key outputs 0."""
+    batch, heads, per = cu_seqlens.shape[0] - 1, q.shape[1], rows.per_sequence
+    cu = cu_seqlens.long()
+    seq = torch.searchsorted(cu[1:], rows.index, right=True)
+    slot = seq * per + torch.arange(seq.numel(), device=seq.device) - torch.searchsorted(seq, seq)
+    query_pos = q.new_zeros(batch * per, dtype=torch.long).index_copy_(0, slot, rows.index - cu[seq]).view(batch, per)
+    filled = torch.zeros(batch * per, dtype=torch.bool, device=q.device).index_fill_(0, slot, True).view(batch, per, 1)
+    keys = (cu[1:] - cu[:-1]) if o.key_lengths is None else o.key_lengths
+    ok = _allowed(keys, query_pos, max_seqlen, o.window) | ~filled  # a padding slot sees everything: no empty rows
+    keyless = ~ok.any(-1, keepdim=True)  # a left window past the key prefix
+    ok = (ok | keyless)[:, None]
+    key_index = _pad_index(cu_seqlens, max_seqlen, k.shape[0])
+    qp = _padded(q, slot, batch, per)
+    kp, vp = _padded(k, key_index, batch, max_seqlen), _padded(v, key_index, batch, max_seqlen)
+    bias = None if o.alibi_slopes is None else _alibi_bias(o.alibi_slopes, query_pos[:, None], max_seqlen)
+    out = _attend(qp, kp, vp, ok, bias, o).masked_fill(keyless[:, None], 0)
+    return out.transpose(1, 2).reshape(batch * per, heads, -1).index_select(0, slot).to(q.dtype)
 
 
 def _explicit(

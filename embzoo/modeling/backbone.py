@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from embzoo.config import ArchConfig
-from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.batch import PackedBatch, TokenRows
 from embzoo.modeling.block import Block, LayerContext
 from embzoo.modeling.embeddings import Embeddings
 from embzoo.modeling.layers import make_norm
@@ -51,7 +51,9 @@ class Backbone(nn.Module):
             )
         return out
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
+    def forward(self, batch: PackedBatch, rows: TokenRows | None = None) -> torch.Tensor:
+        """Hidden states [T, D], or [R, D] for `rows` only: the last layer runs its attention output, MLP and norms for
+        those rows alone (keys and values from every token)."""
         if batch.max_seqlen > self.max_seq_len:
             raise ValueError(
                 f"a sequence of {batch.max_seqlen} tokens exceeds the model's limit of {self.max_seq_len}; "
@@ -59,6 +61,7 @@ class Backbone(nn.Module):
             )
         contexts = self.contexts(batch)
         h = self.embed(batch)
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h, contexts[self.cfg.layer_type(i)])
+            h = layer(h, contexts[self.cfg.layer_type(i)], rows if i == last else None)
         return self.final_norm(h)

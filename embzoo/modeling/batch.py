@@ -97,6 +97,40 @@ class PackedBatch:
         )
 
 
+@dataclass(frozen=True)
+class TokenRows:
+    """Tokens of a packed batch whose final states are wanted (the ones a pooler or a head reads): the model's
+    last layer computes its attention output and MLP for these rows only (keys and values still from every token).
+
+    index int64 [R]: packed-stream rows grouped by sequence (a sequence's rows after the previous sequence's);
+    per_sequence: the most rows any one sequence has (a host int, so attention pads without a sync)."""
+
+    index: torch.Tensor
+    per_sequence: int
+
+    @classmethod
+    def ends(cls, cu_seqlens: torch.Tensor, modes: Sequence[str], skip: torch.Tensor | None = None) -> TokenRows:
+        """Each sequence's "first" (its first token after `skip` int [B] leading ones, or its first token when skip
+        covers it all, as kernels.segment_pool) and/or "last" token, in `modes` order: rows b * len(modes) + m."""
+        cu = cu_seqlens.long()
+        ends = []
+        for mode in modes:
+            if mode == "first":
+                skip_b = torch.zeros_like(cu[1:]) if skip is None else skip.to(cu).clamp(min=0)
+                ends.append(cu[:-1] + torch.where(skip_b < cu[1:] - cu[:-1], skip_b, 0))
+            elif mode == "last":
+                ends.append(cu[1:] - 1)
+            else:
+                raise ValueError(f"token rows are taken at 'first' or 'last' tokens; got {mode!r}")
+        return cls(torch.stack(ends, dim=1).reshape(-1), len(modes))
+
+    def to(self, device: torch.device | str) -> TokenRows:
+        """Copy to device; pinned host memory makes the copy asynchronous."""
+        pin = torch.device(device).type == "cuda" and self.index.device.type == "cpu"
+        index = (self.index.pin_memory() if pin else self.index).to(device, non_blocking=pin)
+        return TokenRows(index, self.per_sequence)
+
+
 def _key_lengths(key_lengths: Sequence[int], lengths: np.ndarray) -> torch.Tensor:
     """int32 [B] key lengths, checked against the sequence lengths; raises ValueError."""
     keys = np.asarray(key_lengths, dtype=np.int64)

@@ -3,6 +3,9 @@
 post-norm (BERT, NomicBert, GTE, jina-v2):  h = norm_attn(h + attn(h));  h = norm_mlp(h + mlp(h))
 pre-norm (ModernBERT, Llama, Qwen):         h = h + attn(norm_attn(h));  h = h + mlp(norm_mlp(h))
 sandwich (Gemma2/3):  h = h + norm_attn_out(attn(norm_attn(h)));  h = h + norm_mlp_out(mlp(norm_mlp(h)))
+
+Given TokenRows, a block returns the states of those rows only: keys and values come from every token, the rest
+(queries, attention output, residuals, MLP, norms) runs for the rows alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 from embzoo import kernels
 from embzoo.config import ArchConfig
 from embzoo.modeling.attention import attention
+from embzoo.modeling.batch import TokenRows
 from embzoo.modeling.layers import Linear, make_activation, make_norm
 
 
@@ -33,7 +37,8 @@ class LayerContext:
 
 class SelfAttention(nn.Module):
     """qkv weight rows are [H query heads; Hkv key heads; Hkv value heads] (GQA when Hkv < H), each
-    head_dim wide; q/k norms (qk_norm) come before rotary, which is applied in place."""
+    head_dim wide; q/k norms (qk_norm) come before rotary, which is applied in place. h [T, D] -> [T, D], or
+    [R, D] for the queries of `rows` only."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
@@ -46,20 +51,22 @@ class SelfAttention(nn.Module):
             self.q_norm = make_norm(cfg, cfg.head_dim if per_head else self.sizes[0])
             self.k_norm = make_norm(cfg, cfg.head_dim if per_head else self.sizes[1])
 
-    def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: LayerContext, rows: TokenRows | None = None) -> torch.Tensor:
         cfg, tokens = self.cfg, h.shape[0]
         qkv, (nq, nk, _) = self.qkv(h), self.sizes
-        q, k, v = qkv[:, :nq], qkv[:, nq : nq + nk], qkv[:, nq + nk :]  # slices, not split(): rotary is in place
+        q = qkv[:, :nq] if rows is None else qkv[rows.index, :nq]
+        k, v = qkv[:, nq : nq + nk], qkv[:, nq + nk :]  # slices, not split(): rotary is in place
         if cfg.qk_norm == "vector":  # over the whole q (and k) vector, all heads together
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.view(tokens, cfg.num_heads, cfg.head_dim)
+        q = q.view(q.shape[0], cfg.num_heads, cfg.head_dim)
         k = k.view(tokens, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(tokens, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qk_norm == "head":
             q, k = self.q_norm(q), self.k_norm(k)
         if ctx.rotary is not None:
-            kernels.rotary(q, *ctx.rotary)
-            kernels.rotary(k, *ctx.rotary)
+            cos, sin = ctx.rotary
+            kernels.rotary(q, *((cos, sin) if rows is None else (cos[rows.index], sin[rows.index])))
+            kernels.rotary(k, cos, sin)
         a = attention(
             q,
             k,
@@ -73,8 +80,9 @@ class SelfAttention(nn.Module):
             softcap=cfg.attn_softcap or None,
             key_lengths=ctx.key_lengths,
             backend=ctx.backend,
+            rows=rows,
         )
-        return self.out(a.reshape(tokens, -1))
+        return self.out(a.reshape(q.shape[0], -1))
 
 
 class MLP(nn.Module):
@@ -109,10 +117,12 @@ class Block(nn.Module):
         self.norm_attn_out = make_norm(cfg) if sandwich else nn.Identity()
         self.norm_mlp_out = make_norm(cfg) if sandwich else nn.Identity()
 
-    def forward(self, h: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, ctx: LayerContext, rows: TokenRows | None = None) -> torch.Tensor:
+        """h [T, D] -> [T, D], or [R, D]: the states of `rows` only."""
+        kept = h if rows is None else h[rows.index]
         if self.pre_norm:
-            h = h + self.norm_attn_out(self.attn(self.norm_attn(h), ctx))
+            h = kept + self.norm_attn_out(self.attn(self.norm_attn(h), ctx, rows))
             return h + self.norm_mlp_out(self.mlp(self.norm_mlp(h)))
-        a = self.norm_attn(h + self.attn(h, ctx))
-        h = a if self.norm_attn2 is None else self.norm_attn2(h + a)
+        a = self.norm_attn(kept + self.attn(h, ctx, rows))
+        h = a if self.norm_attn2 is None else self.norm_attn2(kept + a)
         return self.norm_mlp(h + self.mlp(h))

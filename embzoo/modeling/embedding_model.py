@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from embzoo.modeling.backbone import Backbone
-from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.batch import PackedBatch, TokenRows
 from embzoo.modeling.heads import Dense
 from embzoo.modeling.latent_attention import LatentAttentionPooler
 from embzoo.modeling.multivector import MultiVectorHead
@@ -64,15 +64,21 @@ class EmbeddingModel(nn.Module):
             return self.sparse.vocab_size
         return self.backbone.cfg.hidden_size
 
-    def pool(self, h: torch.Tensor, batch: PackedBatch, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Token states [T, D] → float32 [B, dimension] sentence vectors."""
-        x = self.pooler(h, batch.cu_seqlens, prompt_lengths)
+    def pool(
+        self,
+        h: torch.Tensor,
+        batch: PackedBatch,
+        prompt_lengths: torch.Tensor | None = None,
+        rows: TokenRows | None = None,
+    ) -> torch.Tensor:
+        """Token states [T, D], or the states [R, D] of the pooler's token_rows `rows` → float32 [B, dimension]."""
+        x = self.pooler(h, batch.cu_seqlens, prompt_lengths) if rows is None else self.pooler.pool_rows(h, rows)
         for layer in self.dense:
             x = layer(x)
         return x.float()
 
     def forward(self, batch: PackedBatch, prompt_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return self.pool(self.backbone(batch), batch, prompt_lengths)
+        return self.run(batch, ("sentence",), prompt_lengths=prompt_lengths)["sentence"]
 
     def run(
         self,
@@ -85,14 +91,16 @@ class EmbeddingModel(nn.Module):
     ) -> dict[str, Any]:
         """The named outputs of one backbone forward: sentence float32 [B, dimension]; tokens float32 [T, hidden];
         sparse SparseRows (top_k weights per sequence, None = all); multivector float32 [T', dim], the vectors of
-        the token rows int64 [T'] (None: all; see MultiVectorHead.rows)."""
+        the token rows int64 [T'] (None: all; see MultiVectorHead.rows). When the sentence vector alone is asked for
+        and the pooler reads single tokens (cls, last token), the last layer computes only those."""
         unknown = set(outputs) - set(self.outputs)
         if unknown:
             raise ValueError(f"this model has no {sorted(unknown)} output; it has {self.outputs}")
-        h = self.backbone(batch)
+        pooled = self.pooler.token_rows(batch.cu_seqlens, prompt_lengths) if set(outputs) == {"sentence"} else None
+        h = self.backbone(batch, pooled)
         out: dict[str, Any] = {}
         if "sentence" in outputs:
-            out["sentence"] = self.pool(h, batch, prompt_lengths)
+            out["sentence"] = self.pool(h, batch, prompt_lengths, pooled)
         if "tokens" in outputs:
             out["tokens"] = h.float()
         if "sparse" in outputs:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from embzoo import kernels
+from embzoo.modeling.batch import TokenRows
 from embzoo.modeling.layers import ACTIVATIONS
 
 # sentence-transformers Dense "activation_function" class name → module
@@ -75,6 +76,10 @@ class ClassificationHead(nn.Module):
         self.act = ACTIVATIONS[activation]()
         self.norm = nn.LayerNorm(hidden_size, eps=norm_eps, bias=norm_bias) if norm else nn.Identity()
         self.out = nn.Linear(hidden_size, num_labels)
+
+    def token_rows(self, cu_seqlens: torch.Tensor) -> TokenRows | None:
+        """Each sequence's first token for "cls" (whose states are then this head's input), None for "mean"."""
+        return TokenRows.ends(cu_seqlens, ["first"]) if self.pooling == "cls" else None
 
     def pool(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """Packed token states [T, D] → this head's input, fp32 [B, D]: each sequence's first token

@@ -55,6 +55,10 @@ class LatentAttentionPooler(nn.Module):
             {"up": nn.Linear(hidden_size, 2 * intermediate_size), "down": nn.Linear(intermediate_size, hidden_size)}
         )
 
+    def token_rows(self, cu_seqlens: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> None:
+        """None: the pooler reads every token."""
+        return None
+
     def output_dim(self, hidden_size: int) -> int:
         """Width of the pooled vector: the backbone's hidden size."""
         return hidden_size

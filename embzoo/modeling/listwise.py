@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from embzoo.modeling.backbone import Backbone
-from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.batch import PackedBatch, TokenRows
 
 
 def projector(hidden_size: int, inner_size: int, out_size: int) -> nn.Sequential:
@@ -20,8 +20,8 @@ def projector(hidden_size: int, inner_size: int, out_size: int) -> nn.Sequential
 class MarkerProjector(nn.Module):
     """PackedBatch + the marker rows → (queries fp32 [Q, P], documents fp32 [N, P]): the projected final-normed
     states at every `query_id` and every `doc_id` token, in stream order (each sequence's markers after the
-    previous one's). The rows come from the host-side ids (`marker_rows`), so the forward never syncs.
-    The projector runs in float32."""
+    previous one's). The rows come from the host-side ids (`marker_rows`), so the forward never syncs; the last
+    layer computes the marker tokens only. The projector runs in float32."""
 
     def __init__(self, backbone: Backbone, head: nn.Sequential, query_id: int, doc_id: int):
         super().__init__()
@@ -29,12 +29,19 @@ class MarkerProjector(nn.Module):
         self.projector = head.float()
         self.query_id, self.doc_id = query_id, doc_id
 
-    def marker_rows(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stream positions int64 [Q], [N] of the query and document markers in a batch's (host) input ids."""
-        return (input_ids == self.query_id).nonzero()[:, 0], (input_ids == self.doc_id).nonzero()[:, 0]
+    def marker_rows(self, batch: PackedBatch) -> tuple[TokenRows, torch.Tensor, torch.Tensor]:
+        """From a host-side batch: every marker token's row in stream order, and which of those rows (int64 [Q],
+        [N] positions among them) are the query markers and the document markers."""
+        ids = batch.input_ids
+        index = ((ids == self.query_id) | (ids == self.doc_id)).nonzero()[:, 0]
+        seq = torch.searchsorted(batch.cu_seqlens[1:].long(), index, right=True)
+        per_sequence = int(torch.bincount(seq).max()) if index.numel() else 0
+        is_query = ids[index] == self.query_id
+        return TokenRows(index, per_sequence), is_query.nonzero()[:, 0], (~is_query).nonzero()[:, 0]
 
     def forward(
-        self, batch: PackedBatch, query_rows: torch.Tensor, doc_rows: torch.Tensor
+        self, batch: PackedBatch, rows: TokenRows, query_at: torch.Tensor, doc_at: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.backbone(batch)
-        return self.projector(hidden[query_rows].float()), self.projector(hidden[doc_rows].float())
+        """rows, query_at, doc_at: marker_rows(batch) on the batch's device."""
+        hidden = self.backbone(batch, rows).float()
+        return self.projector(hidden[query_at]), self.projector(hidden[doc_at])

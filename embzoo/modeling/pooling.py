@@ -1,7 +1,8 @@
 """Pooler: token states [T, D] → one vector per sequence, sentence-transformers' modes exactly.
 
 Every pooler (this one, latent_attention.LatentAttentionPooler) offers what EmbeddingModel and Embedder
-use: forward(h, cu_seqlens, prompt_lengths), output_dim(hidden_size), include_prompt and name.
+use: forward(h, cu_seqlens, prompt_lengths), token_rows(cu_seqlens, prompt_lengths), output_dim(hidden_size),
+include_prompt and name.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from embzoo import kernels
+from embzoo.modeling.batch import TokenRows
 
 # sentence-transformers mode name → segment_pool kernel mode
 POOLING_MODES = {
@@ -43,6 +45,18 @@ class Pooler(nn.Module):
     def output_dim(self, hidden_size: int) -> int:
         """Width of the pooled vector: one hidden-size block per mode."""
         return hidden_size * len(self.modes)
+
+    def token_rows(self, cu_seqlens: torch.Tensor, prompt_lengths: torch.Tensor | None = None) -> TokenRows | None:
+        """The tokens the modes read when each reads one ("cls", "lasttoken"; pool_rows pools their states), else
+        None."""
+        if not set(self.modes) <= {"cls", "lasttoken"}:
+            return None
+        skip = None if self.include_prompt else prompt_lengths
+        return TokenRows.ends(cu_seqlens, [POOLING_MODES[m] for m in self.modes], skip)
+
+    def pool_rows(self, h: torch.Tensor, rows: TokenRows) -> torch.Tensor:
+        """The states [B * len(modes), D] of token_rows' rows → float32 [B, len(modes) * D], as forward pools."""
+        return h.float().view(-1, rows.per_sequence * h.shape[1])
 
     def forward(
         self, h: torch.Tensor, cu_seqlens: torch.Tensor, prompt_lengths: torch.Tensor | None = None
