@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine session, from the repo root: versions and card, the decoder-path GPU tests, the
-# benchmarks (DEC Qwen3-0.6B, ENC bert-base + ModernBERT-base, TEXT, RERANK Qwen3-0.6B yes/no), then the other GPU tests. Each stage
-# runs under its own time limit, cut to what is left of one overall budget, so a hang costs its own stage only.
+# benchmarks (DEC Qwen3-0.6B bf16 + FP8, ENC bert-base + ModernBERT-base, TEXT bf16 + FP8, RERANK Qwen3-0.6B yes/no),
+# then the other GPU tests. Each stage runs under its own time limit, cut to what is left of one overall budget, so a
+# hang costs its own stage only.
 #
 #   bash bench/device_check.sh
 #
@@ -93,10 +94,10 @@ run_all() {
     timeout 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv
     stage versions 40 python -c "$VERSIONS"
     stage "gpu tests: decoder" 120 "${PYTEST[@]}" tests/test_gpu.py -k decoder --junitxml="$OUT/pytest_decoder.xml"
-    stage "bench DEC" 150 "${BENCH[@]}" --workloads dec --out "$OUT/dec.json"
+    stage "bench DEC" 200 "${BENCH[@]}" --workloads dec --fp8 --out "$OUT/dec.json"
     stage "bench ENC" 110 "${BENCH[@]}" --workloads enc --models bert-base modernbert-base --out "$OUT/enc.json"
     if [[ -f $TOK/tokenizer.json ]]; then
-        stage "bench TEXT" 90 "${BENCH[@]}" --workloads text --tokenizer "$TOK" --out "$OUT/text.json"
+        stage "bench TEXT" 120 "${BENCH[@]}" --workloads text --fp8 --tokenizer "$TOK" --out "$OUT/text.json"
     else
         echo "== bench TEXT: skipped, no tokenizer files in $TOK (carry the MiniLM tokenizer there)"
         STATUS+=("$(printf '%-22s skipped (no %s)' "bench TEXT" "$TOK")")

@@ -83,6 +83,7 @@ def load(
     adapters: Sequence[str | Path] | Mapping[str, str | Path] = (),
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
+    load_in_fp8: bool = False,
 ) -> Embedder | Ranker:
     """Load an embedding checkpoint: a Hub id, a local snapshot folder, or None for the bundled
     all-MiniLM-L6-v2. device defaults to CUDA when present; dtype to bfloat16 on CUDA, float32 on CPU.
@@ -98,6 +99,8 @@ def load(
     one for good (embedders only, not with 8/4-bit loading; see embzoo.modeling.named_lora).
     load_in_8bit (LLM.int8(); dtype then defaults to float16) or load_in_4bit (NF4) quantize the blocks' Linear
     weights with bitsandbytes (see embzoo.modeling.quantized_linear); everything else runs in dtype.
+    load_in_fp8 (opt-in; GPUs of compute capability 8.9+, e.g. H100) makes them e4m3 with per-channel weight scales
+    and per-token activation scales (embzoo.modeling.fp8_linear); dtype bfloat16, the default then.
     A catalogued generative yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2, bge-reranker-v2-gemma; a local copy
     with recipe=<its hub id>) loads as a Reranker, jina-reranker-v3 (listwise) as a ListwiseReranker (see
     embzoo.loading_rerankers); max_seq_length is then a pair's tokens, or what one block prompt fills.
@@ -107,13 +110,17 @@ def load(
     if isinstance(adapters, str | Path):
         raise TypeError(f"adapters must be a list of adapter folders or Hub ids; got one: use adapters=[{adapters!r}]")
     named = dict(adapters) if isinstance(adapters, Mapping) else {}
-    if named and (load_in_8bit or load_in_4bit):
+    flags = {"8bit": load_in_8bit, "nf4": load_in_4bit, "fp8": load_in_fp8}
+    if sum(flags.values()) > 1:
         raise ValueError(
-            "named adapters (adapters={name: folder}) run beside full-precision weights, not 8/4-bit ones; merge "
-            "them at load instead (adapters=[folder, ...]) or load without quantization"
+            "load_in_8bit, load_in_4bit and load_in_fp8 are exclusive: pass one of them (8-bit int8, 4-bit NF4 or FP8)"
         )
-    if load_in_8bit and load_in_4bit:
-        raise ValueError("load_in_8bit and load_in_4bit are exclusive: pass one of them (8-bit int8 or 4-bit NF4)")
+    quantize = next((mode for mode, on in flags.items() if on), None)  # a quantized_linear mode
+    if named and quantize:
+        raise ValueError(
+            "named adapters (adapters={name: folder}) run beside full-precision weights, not 8/4-bit or FP8 ones; "
+            "merge them at load instead (adapters=[folder, ...]) or load without quantization"
+        )
     entry = catalog.lookup(recipe if recipe is not None else None if name_or_path is None else str(name_or_path))
     if recipe is not None and entry is None:
         raise ValueError(f"recipe {recipe!r} is not in the catalog; `embzoo list` shows the catalogued ids")
@@ -147,16 +154,16 @@ def load(
             family.__name__.rsplit(".", 1)[-1],
             rerankers if causal else "",
         )
-    dtype = _family_dtype(family, dtype, device, load_in_8bit, root)
+    dtype = _family_dtype(family, dtype, device, quantize, root)
     if named and (entry is not None and entry.reranker or is_classifier(snap.config)):
         raise ValueError(
             f"{root}: named adapters (adapters={{name: folder}}) are for embedders; merge a reranker's adapters at "
             "load instead: adapters=[folder, ...]"
         )
     if entry is not None and entry.reranker:  # embzoo.loading_rerankers
-        if load_in_8bit or load_in_4bit:
+        if quantize:
             raise ValueError(
-                f"{root}: 8/4-bit loading quantizes embedders and cross-encoders, not generative or listwise "
+                f"{root}: 8/4-bit and FP8 loading quantize embedders and cross-encoders, not generative or listwise "
                 f"rerankers ({entry.reranker}); load this one without it (dtype='bfloat16' or 'float16' saves memory)"
             )
         reranker = load_reranker(
@@ -171,8 +178,7 @@ def load(
         )
         merge.check()
         return _with_origin(reranker, snap, entry)
-    quantize = load_in_8bit or load_in_4bit  # then blocks are loaded on the host and quantized one by one
-    backbone, head = load_backbone(
+    backbone, head = load_backbone(  # quantized: on the host, then quantized and moved one block at a time
         snap,
         attn_backend=attn_backend,
         dtype=dtype,
@@ -185,9 +191,9 @@ def load(
     pipe = snap.pipeline
     limit = _max_seq_length(max_seq_length or pipe.max_seq_length, pipe, entry, backbone.max_seq_len)
     if quantize and backbone.task_lora is not None:
-        raise ValueError(f"{root}: 8/4-bit loading does not keep task LoRA adapters; load this model without it")
+        raise ValueError(f"{root}: 8/4-bit and FP8 loading drop task LoRA adapters; load this model without it")
     if quantize:  # block by block from the host: the device never holds every full weight
-        backbone = quantize_linears(backbone, "8bit" if load_in_8bit else "nf4", dtype, device)
+        backbone = quantize_linears(backbone, quantize, dtype, device)
     name = str(name_or_path) if name_or_path is not None else catalog.DEFAULT_MODEL
     if head is not None:
         ranker = cross_encoder(snap, backbone, head.to(device), limit, name, entry.activation if entry else "")
@@ -248,13 +254,15 @@ def _named_adapters(snap: Snapshot, backbone: Backbone, folders: Mapping[str, st
 
 
 def _family_dtype(
-    family: ModuleType, dtype: str | torch.dtype | None, device: torch.device, load_in_8bit: bool, root: Path
+    family: ModuleType, dtype: str | torch.dtype | None, device: torch.device, quantize: str | None, root: Path
 ) -> torch.dtype:
     """The dtype to run in: as asked, else the device's default (8-bit: float16, bfloat16 for families whose
-    activations overflow float16, which they refuse)."""
+    activations overflow float16, which they refuse; FP8: bfloat16)."""
     overflows = getattr(family, "FLOAT16_OVERFLOWS", False)
-    if load_in_8bit and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts (and warns) otherwise
+    if quantize == "8bit" and dtype is None:  # LLM.int8() takes fp16 activations; bitsandbytes casts otherwise
         dtype = torch.bfloat16 if overflows else torch.float16
+    if quantize == "fp8" and dtype is None:
+        dtype = torch.bfloat16
     dtype = _dtype(dtype, device)
     if dtype is torch.float16 and overflows:
         raise ValueError(

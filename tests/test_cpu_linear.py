@@ -84,3 +84,12 @@ def test_torch_compile_runs_the_plain_linear(linear):
     with torch.inference_mode():
         got = torch.compile(linear)(x)
     torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), atol=1e-5, rtol=0)
+
+
+def test_weights_made_under_inference_mode():
+    """A model built (or loaded) inside torch.inference_mode() has inference-tensor weights, which track no version."""
+    with torch.inference_mode():
+        layer = Linear(24, 40)
+        x = torch.randn(3, 24)
+        assert layer.weight.is_inference()
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)

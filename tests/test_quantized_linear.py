@@ -107,10 +107,10 @@ def test_double_quant_quantizes_the_block_scales(make_checkpoint):
 
 def test_bad_arguments(make_checkpoint, monkeypatch):
     folder = embedder_folder(make_checkpoint, "qwen3")
-    with pytest.raises(ValueError, match="load_in_8bit and load_in_4bit are exclusive"):
+    with pytest.raises(ValueError, match="load_in_8bit, load_in_4bit and load_in_fp8 are exclusive"):
         embzoo.load(folder, device="cpu", load_in_8bit=True, load_in_4bit=True)
     backbone = embzoo.load(folder, device="cpu").model.backbone
-    with pytest.raises(ValueError, match=r"unknown quantization mode 'int4'; supported: \('8bit', 'nf4'\)"):
+    with pytest.raises(ValueError, match=r"unknown quantization mode 'int4'; supported: \('8bit', 'nf4', 'fp8'\)"):
         quantize_linears(backbone, "int4", torch.float32, "cpu")
     with pytest.raises(ValueError, match="Linear has no transformer blocks"):
         quantize_linears(nn.Linear(4, 4), "nf4", torch.float32, "cpu")

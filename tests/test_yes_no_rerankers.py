@@ -358,9 +358,10 @@ def test_instruction_rules(tokenizer, checkpoint):
     assert default[0] != custom[0]
 
 
-def test_quantized_loading_is_refused_with_what_it_supports(checkpoint):
-    with pytest.raises(ValueError, match="quantizes embedders and cross-encoders, not generative or listwise"):
-        load_case(checkpoint, "qwen3_tied", load_in_8bit=True)
+@pytest.mark.parametrize("flag", ["load_in_8bit", "load_in_fp8"])
+def test_quantized_loading_is_refused_with_what_it_supports(checkpoint, flag):
+    with pytest.raises(ValueError, match="8/4-bit and FP8 loading quantize embedders and cross-encoders, not gen"):
+        load_case(checkpoint, "qwen3_tied", **{flag: True})
 
 
 def test_too_small_length_is_refused(tokenizer):
