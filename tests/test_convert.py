@@ -124,8 +124,20 @@ def test_automodel_returns_the_embzoo_model(minilm_dir, tmp_path):
     for option in ({"load_in_8bit": True}, {"cache_dir": str(tmp_path)}, {"device_map": {"a": 0, "b": 1}}):
         with pytest.raises(TypeError, match="cannot apply"):
             AutoModel.from_pretrained(tmp_path / "m", **option)
-    with pytest.raises(ValueError, match="padding_side = 'right'"):
-        model(input_ids=enc["input_ids"].flip(1), attention_mask=enc["attention_mask"].flip(1))
+    tok.padding_side = "left"  # as Qwen3-Embedding's card pads: the states come back in the input's layout
+    left = tok(TEXTS, padding=True, return_tensors="pt")
+    assert not left["attention_mask"][:, 0].all()
+    out_left = model(**left)
+    assert torch.equal(out_left.pooler_output, out.pooler_output)
+    starts = left["attention_mask"].argmax(dim=1)
+    for b, n in enumerate(enc["attention_mask"].sum(dim=1).tolist()):
+        assert torch.equal(out_left.last_hidden_state[b, starts[b] :], out.last_hidden_state[b, :n])
+        assert not out_left.last_hidden_state[b, : starts[b]].any()
+    with pytest.raises(ValueError, match=r"padded on the right or on the left; rows \[0\] are not"):
+        model(
+            input_ids=enc["input_ids"][:1],
+            attention_mask=torch.tensor([[1, 0, 1] + [0] * (enc["input_ids"].shape[1] - 3)]),
+        )
     model.save_pretrained(tmp_path / "saved")
     again = AutoModel.from_pretrained(tmp_path / "saved", dtype="auto", device_map={"": "cpu"})
     assert np.array_equal(again(**enc).pooler_output.numpy(), out.pooler_output.numpy())

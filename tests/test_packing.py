@@ -66,3 +66,14 @@ def test_token_rows_at_the_ends_are_the_pooled_tokens(skip):
     torch.testing.assert_close(h[rows.index].view(4, 2, 4), want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="'first' or 'last'"):
         TokenRows.ends(cu, ["mean"])
+
+
+def test_from_padded_takes_left_padding():
+    ids = torch.tensor([[0, 0, 7, 8], [4, 5, 6, 9]])
+    mask = (ids != 0).long()
+    types = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+    batch = PackedBatch.from_padded(ids, mask, types)
+    want = PackedBatch.from_sequences([[7, 8], [4, 5, 6, 9]], [[1, 1], [0, 0, 1, 1]])
+    for field in ("input_ids", "positions", "cu_seqlens", "token_type_ids"):
+        assert torch.equal(getattr(batch, field), getattr(want, field)), field
+    assert batch.max_seqlen == 4

@@ -30,10 +30,11 @@ class EmbzooConfig(PretrainedConfig):
 
 
 class EmbzooModel(PreTrainedModel):
-    """An embzoo model behind transformers' interface. forward(input_ids [B, S], attention_mask [B, S] right-padded,
-    token_type_ids) → an embedder's BaseModelOutputWithPooling (last_hidden_state [B, S, D] float32, zeros past each
-    length; pooler_output: the sentence vectors [B, dim] before normalization, None without a pooler), or a
-    reranker's SequenceClassifierOutput (logits [B, 1]). `embzoo` is the Embedder or Ranker itself (encode, rank)."""
+    """An embzoo model behind transformers' interface. forward(input_ids [B, S], attention_mask [B, S] right- or
+    left-padded, token_type_ids) → an embedder's BaseModelOutputWithPooling (last_hidden_state [B, S, D] float32 in
+    the input's layout, zeros at the padding; pooler_output: the sentence vectors [B, dim] before normalization,
+    None without a pooler), or a reranker's SequenceClassifierOutput (logits [B, 1]). `embzoo` is the Embedder or
+    Ranker itself (encode, rank)."""
 
     config_class = EmbzooConfig
     base_model_prefix = "module"
@@ -101,12 +102,13 @@ class EmbzooModel(PreTrainedModel):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
         types = None if token_type_ids is None else token_type_ids.to(device)
         batch = PackedBatch.from_padded(input_ids, mask, types)
+        starts = kernels.padding_offsets(mask)  # where each row's tokens go back to
         with torch.inference_mode():
             if not hasattr(self.embzoo, "model"):
                 return SequenceClassifierOutput(logits=self.module(batch).float()[:, None])
             want = ["tokens", *(["sentence"] if self.module.pooler is not None else [])]
             out = self.module.run(batch, want)
-        hidden = kernels.pad(out["tokens"], batch.cu_seqlens, input_ids.shape[1])
+        hidden = kernels.shift_rows(kernels.pad(out["tokens"], batch.cu_seqlens, input_ids.shape[1]), -starts)
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=out.get("sentence"))
 
 

@@ -8,9 +8,20 @@ from embzoo.kernels.maxsim import maxsim_ref, maxsim_triton
 from embzoo.kernels.pad import pad_ref, pad_triton
 from embzoo.kernels.pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
 from embzoo.kernels.rotary import rotary_ref, rotary_triton
-from embzoo.kernels.unpad import cu_seqlens_from_mask, unpad_ref, unpad_triton
+from embzoo.kernels.unpad import cu_seqlens_from_mask, padding_offsets, shift_rows, unpad_ref, unpad_triton
 
-__all__ = ["POOLING_MODES", "cu_seqlens_from_mask", "maxsim", "pad", "rotary", "segment_pool", "unpad", "use"]
+__all__ = [
+    "POOLING_MODES",
+    "cu_seqlens_from_mask",
+    "maxsim",
+    "pad",
+    "padding_offsets",
+    "rotary",
+    "segment_pool",
+    "shift_rows",
+    "unpad",
+    "use",
+]
 
 
 def unpad(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:

@@ -113,3 +113,29 @@ def cu_seqlens_from_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, in
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
     max_seqlen = int(lengths.max()) if lengths.numel() > 0 else 0
     return cu_seqlens, max_seqlen
+
+
+def padding_offsets(attention_mask: torch.Tensor) -> torch.Tensor:
+    """int64 [B]: the position of each row's first token in attention_mask [B, S] (0 when right-padded, S - length
+    when left-padded); ValueError naming the rows whose ones are not one contiguous run."""
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be 2-D [batch, seq], got shape {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1)
+    starts = torch.where(lengths > 0, mask.int().argmax(dim=1), 0)  # argmax: the first 1
+    pos = torch.arange(mask.shape[1], device=mask.device)
+    expected = (pos >= starts[:, None]) & (pos < (starts + lengths)[:, None])
+    bad_rows = (mask != expected).any(dim=1).nonzero().flatten()
+    if bad_rows.numel() > 0:
+        raise ValueError(
+            "each attention_mask row must hold its tokens in one run, padded on the right or on the left; rows "
+            f"{bad_rows[:8].tolist()} are not"
+        )
+    return starts
+
+
+def shift_rows(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """x [B, S, *F] with row b rotated towards the front by shift[b] (int [B]; negative: towards the back): with
+    padding_offsets as shift a left-padded batch becomes right-padded, and -shift undoes it."""
+    index = (torch.arange(x.shape[1], device=x.device) + shift.to(x.device)[:, None]) % x.shape[1]
+    return torch.take_along_dim(x, index.view(*index.shape, *[1] * (x.dim() - 2)), dim=1)

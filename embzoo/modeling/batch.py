@@ -64,8 +64,15 @@ class PackedBatch:
         token_type_ids: torch.Tensor | None = None,
         key_lengths: torch.Tensor | None = None,
     ) -> PackedBatch:
-        """Pack right-padded input_ids [B, S] (attention_mask [B, S]: ones then zeros; token_type_ids [B, S]) on
-        their device, as other frameworks hand them over; key_lengths int [B] as in from_sequences."""
+        """Pack padded input_ids [B, S] (attention_mask [B, S]: each row's ones in one run, right- or left-padded;
+        token_type_ids [B, S]) on their device, as other frameworks hand them over; key_lengths int [B] as in
+        from_sequences."""
+        starts = kernels.padding_offsets(attention_mask)
+        if bool(starts.any()):  # left padding: each row's tokens moved to its front
+            input_ids, attention_mask, token_type_ids = (
+                None if x is None else kernels.shift_rows(x, starts)
+                for x in (input_ids, attention_mask, token_type_ids)
+            )
         cu, max_len = kernels.cu_seqlens_from_mask(attention_mask)
         ids = kernels.unpad(input_ids, cu)
         starts = torch.repeat_interleave(cu[:-1].long(), (cu[1:] - cu[:-1]).long(), output_size=ids.numel())

@@ -1,4 +1,4 @@
-"""unpad (Triton vs reference vs a python-loop oracle) and cu_seqlens_from_mask."""
+"""unpad (Triton vs reference vs a python-loop oracle), cu_seqlens_from_mask, padding_offsets and shift_rows."""
 
 import pytest
 import torch
@@ -98,6 +98,24 @@ def test_cu_seqlens_from_mask_rejects_non_right_padded(mask: list[list[int]]) ->
 def test_cu_seqlens_from_mask_rejects_wrong_rank() -> None:
     with pytest.raises(ValueError, match="2-D"):
         K.cu_seqlens_from_mask(torch.ones(2, 3, 4))
+
+
+def test_padding_offsets_and_shift_rows_turn_left_padding_into_right_padding() -> None:
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0]])
+    starts = K.padding_offsets(mask)
+    assert starts.tolist() == [2, 0, 0, 0, 1]
+    x = torch.arange(20).view(5, 4) * mask
+    right = K.shift_rows(x, starts)
+    assert right.tolist() == [[2, 3, 0, 0], [4, 5, 6, 7], [0, 0, 0, 0], [12, 13, 0, 0], [17, 18, 0, 0]]
+    assert torch.equal(K.shift_rows(right, -starts), x)
+    features = torch.randn(5, 4, 3) * mask[..., None]
+    assert torch.equal(K.shift_rows(K.shift_rows(features, starts), -starts), features)
+
+
+@pytest.mark.parametrize("mask", [[[1, 0, 1]], [[0, 1, 0, 1]]], ids=["hole", "two-runs"])
+def test_padding_offsets_rejects_tokens_in_more_than_one_run(mask: list[list[int]]) -> None:
+    with pytest.raises(ValueError, match=r"padded on the right or on the left; rows \[0\] are not"):
+        K.padding_offsets(torch.tensor(mask))
 
 
 @pytest.mark.gpu
