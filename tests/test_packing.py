@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from embzoo.config import ArchConfig
 from embzoo.kernels.pooling import segment_pool_ref
+from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch, TokenRows
 from embzoo.packing import token_budget_batches
 
@@ -66,3 +68,27 @@ def test_token_rows_at_the_ends_are_the_pooled_tokens(skip):
     torch.testing.assert_close(h[rows.index].view(4, 2, 4), want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="'first' or 'last'"):
         TokenRows.ends(cu, ["mean"])
+
+
+def tiny_backbone() -> Backbone:
+    torch.manual_seed(0)
+    cfg = ArchConfig(vocab_size=60, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=64)
+    return Backbone(cfg).eval()
+
+
+def test_token_rows_of_empty_sequences_pool_to_zeros():
+    """A padded batch may hold empty sequences (all-zero mask rows): their rows come back as zeros (segment_pool's
+    empty pool) and the other sequences' rows keep their states; no sequences, or only empty ones, work too."""
+    backbone = tiny_backbone()
+    lengths = torch.tensor([3, 0, 6, 4, 0])
+    ids = torch.randint(5, 60, (5, 6), generator=torch.Generator().manual_seed(1))
+    batch = PackedBatch.from_padded(ids, (torch.arange(6) < lengths[:, None]).long())
+    with torch.no_grad():
+        full = backbone(batch)
+        for modes in (["first"], ["last"], ["first", "last"]):
+            got = backbone(batch, TokenRows.ends(batch.cu_seqlens, modes)).view(5, len(modes), -1)
+            want = torch.stack([segment_pool_ref(full, batch.cu_seqlens, mode) for mode in modes], dim=1)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        for batch in (PackedBatch.from_sequences([]), PackedBatch.from_padded(ids[:2], torch.zeros(2, 6))):
+            rows = TokenRows.ends(batch.cu_seqlens, ["first", "last"])
+            assert torch.equal(backbone(batch, rows), torch.zeros(2 * batch.num_sequences, 16))

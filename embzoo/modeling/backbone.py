@@ -52,8 +52,8 @@ class Backbone(nn.Module):
         return out
 
     def forward(self, batch: PackedBatch, rows: TokenRows | None = None) -> torch.Tensor:
-        """Hidden states [T, D], or [R, D] for `rows` only: the last layer runs its attention output, MLP and norms for
-        those rows alone (keys and values from every token)."""
+        """Hidden states [T, D], or [R, D] for `rows` only (zeros for the rows of an empty sequence): the last layer
+        runs its attention output, MLP and norms for those rows alone (keys and values from every token)."""
         if batch.max_seqlen > self.max_seq_len:
             raise ValueError(
                 f"a sequence of {batch.max_seqlen} tokens exceeds the model's limit of {self.max_seq_len}; "
@@ -61,7 +61,13 @@ class Backbone(nn.Module):
             )
         contexts = self.contexts(batch)
         h = self.embed(batch)
+        if rows is not None and not h.shape[0]:  # no sequence, or only empty ones
+            return h.new_zeros(rows.index.shape[0], h.shape[1])
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h, contexts[self.cfg.layer_type(i)], rows if i == last else None)
-        return self.final_norm(h)
+        h = self.final_norm(h)
+        if rows is None:
+            return h
+        lengths = batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]
+        return h.masked_fill((lengths[rows.seq] == 0)[:, None], 0)
