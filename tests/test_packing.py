@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import mlp_rows
 
 from embzoo.config import ArchConfig
 from embzoo.kernels.pooling import segment_pool_ref
@@ -92,3 +93,21 @@ def test_token_rows_of_empty_sequences_pool_to_zeros():
         for batch in (PackedBatch.from_sequences([]), PackedBatch.from_padded(ids[:2], torch.zeros(2, 6))):
             rows = TokenRows.ends(batch.cu_seqlens, ["first", "last"])
             assert torch.equal(backbone(batch, rows), torch.zeros(2 * batch.num_sequences, 16))
+
+
+def test_token_rows_fall_back_to_the_full_last_layer_when_padding_would_dominate():
+    """Row attention pads keys and values to [B, S]: one long sequence among many one-token ones would pad far past
+    the batch's tokens (memory), so the last layer then computes every token and the rows are taken after it."""
+    backbone = tiny_backbone()
+    seqs = [list(range(5, 45))] + [[7]] * 20
+    batch = PackedBatch.from_sequences(seqs)  # 60 tokens; padded: 21 × 40 = 840
+    rows = TokenRows.ends(batch.cu_seqlens, ["first"])
+    with mlp_rows(backbone) as seen, torch.no_grad():
+        got = backbone(batch, rows)
+        want = backbone(batch)[rows.index]
+    assert seen["last"] == [60, 60]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    even = PackedBatch.from_sequences(seqs[:1] + [list(range(5, 25))] * 2)  # 80 tokens; padded: 3 × 40 = 120
+    with mlp_rows(backbone) as seen, torch.no_grad():
+        backbone(even, TokenRows.ends(even.cu_seqlens, ["first"]))
+    assert seen["last"] == [3]  # the rows alone
