@@ -93,6 +93,7 @@ def test_token_rows_of_empty_sequences_pool_to_zeros():
         for batch in (PackedBatch.from_sequences([]), PackedBatch.from_padded(ids[:2], torch.zeros(2, 6))):
             rows = TokenRows.ends(batch.cu_seqlens, ["first", "last"])
             assert torch.equal(backbone(batch, rows), torch.zeros(2 * batch.num_sequences, 16))
+            assert backbone(batch).shape == (0, 16)  # every token: none
 
 
 def test_token_rows_fall_back_to_the_full_last_layer_when_padding_would_dominate():
