@@ -574,7 +574,7 @@ def test_rows_match_naive_fp32(shape, feats, keys):
     q, k, v, cu, slopes = make_inputs(lengths, heads, kv_heads, dim)
     index = torch.tensor(ROW_CHOICES[lengths])
     seq = torch.searchsorted(cu[1:].long(), index, right=True)
-    rows = TokenRows(index, int(torch.bincount(seq).max()))
+    rows = TokenRows(index, seq, int(torch.bincount(seq).max()))
     key_lengths = [max(1, n // 3) if n else 0 for n in lengths] if keys else None
     kwargs = {key: val for key, val in feats.items() if key != "alibi"}
     alibi = slopes if feats.get("alibi") else None

@@ -86,10 +86,13 @@ def test_torch_compile_runs_the_plain_linear(linear):
     torch.testing.assert_close(got, F.linear(x, linear.weight, linear.bias), atol=1e-5, rtol=0)
 
 
-def test_weights_made_under_inference_mode():
-    """A model built (or loaded) inside torch.inference_mode() has inference-tensor weights, which track no version."""
+def test_in_place_writes_to_weights_made_under_inference_mode():
+    """An inference tensor tracks no version, so the packed copy could not see an in-place write (a task adapter
+    merged into a model loaded under inference_mode): such weights take the plain path."""
     with torch.inference_mode():
         layer = Linear(24, 40)
         x = torch.randn(3, 24)
         assert layer.weight.is_inference()
+        layer(x)
+        layer.weight.mul_(2)
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)

@@ -73,6 +73,12 @@ def test_dtype_casts_leave_the_fp8_weights_alone():
     layer.to(torch.float32).bfloat16().to("cpu")
     assert layer.weight.dtype == E4M3 and layer.weight_scale.dtype == torch.float32
     assert layer.bias.dtype == torch.bfloat16
+    nn.Sequential(layer).to("meta", torch.float16)  # a move applies (from the parent too), its dtype does not
+    assert [(b.device.type, b.dtype) for b in layer.buffers()] == [
+        ("meta", E4M3),
+        ("meta", torch.float32),
+        ("meta", torch.bfloat16),
+    ]
 
 
 def test_minilm_in_fp8_stays_close_to_bfloat16():

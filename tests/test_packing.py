@@ -3,8 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import mlp_rows
 
+from embzoo.config import ArchConfig
 from embzoo.kernels.pooling import segment_pool_ref
+from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch, TokenRows
 from embzoo.packing import token_budget_batches
 
@@ -77,3 +80,46 @@ def test_from_padded_takes_left_padding():
     for field in ("input_ids", "positions", "cu_seqlens", "token_type_ids"):
         assert torch.equal(getattr(batch, field), getattr(want, field)), field
     assert batch.max_seqlen == 4
+
+
+def tiny_backbone() -> Backbone:
+    torch.manual_seed(0)
+    cfg = ArchConfig(vocab_size=60, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=64)
+    return Backbone(cfg).eval()
+
+
+def test_token_rows_of_empty_sequences_pool_to_zeros():
+    """A padded batch may hold empty sequences (all-zero mask rows): their rows come back as zeros (segment_pool's
+    empty pool) and the other sequences' rows keep their states; no sequences, or only empty ones, work too."""
+    backbone = tiny_backbone()
+    lengths = torch.tensor([3, 0, 6, 4, 0])
+    ids = torch.randint(5, 60, (5, 6), generator=torch.Generator().manual_seed(1))
+    batch = PackedBatch.from_padded(ids, (torch.arange(6) < lengths[:, None]).long())
+    with torch.no_grad():
+        full = backbone(batch)
+        for modes in (["first"], ["last"], ["first", "last"]):
+            got = backbone(batch, TokenRows.ends(batch.cu_seqlens, modes)).view(5, len(modes), -1)
+            want = torch.stack([segment_pool_ref(full, batch.cu_seqlens, mode) for mode in modes], dim=1)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        for batch in (PackedBatch.from_sequences([]), PackedBatch.from_padded(ids[:2], torch.zeros(2, 6))):
+            rows = TokenRows.ends(batch.cu_seqlens, ["first", "last"])
+            assert torch.equal(backbone(batch, rows), torch.zeros(2 * batch.num_sequences, 16))
+            assert backbone(batch).shape == (0, 16)  # every token: none
+
+
+def test_token_rows_fall_back_to_the_full_last_layer_when_padding_would_dominate():
+    """Row attention pads keys and values to [B, S]: one long sequence among many one-token ones would pad far past
+    the batch's tokens (memory), so the last layer then computes every token and the rows are taken after it."""
+    backbone = tiny_backbone()
+    seqs = [list(range(5, 45))] + [[7]] * 20
+    batch = PackedBatch.from_sequences(seqs)  # 60 tokens; padded: 21 × 40 = 840
+    rows = TokenRows.ends(batch.cu_seqlens, ["first"])
+    with mlp_rows(backbone) as seen, torch.no_grad():
+        got = backbone(batch, rows)
+        want = backbone(batch)[rows.index]
+    assert seen["last"] == [60, 60]
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    even = PackedBatch.from_sequences(seqs[:1] + [list(range(5, 25))] * 2)  # 80 tokens; padded: 3 × 40 = 120
+    with mlp_rows(backbone) as seen, torch.no_grad():
+        backbone(even, TokenRows.ends(even.cu_seqlens, ["first"]))
+    assert seen["last"] == [3]  # the rows alone

@@ -431,16 +431,16 @@ def _row_attention(
     o: _Options,
 ) -> torch.Tensor:
     """The queries of rows.index (q [R, H, d]) against every key: queries padded to [B, H, rows.per_sequence, d],
-    keys and values to [B, Hkv, S, d], a bool mask from each query's position; a query with no key outputs 0."""
-    batch, heads, per = cu_seqlens.shape[0] - 1, q.shape[1], rows.per_sequence
+    keys and values to [B, Hkv, S, d], a bool mask from each query's position; a query with no key (a row of an empty
+    sequence among them) outputs 0."""
+    batch, heads, per, seq = cu_seqlens.shape[0] - 1, q.shape[1], rows.per_sequence, rows.seq
     cu = cu_seqlens.long()
-    seq = torch.searchsorted(cu[1:], rows.index, right=True)
     slot = seq * per + torch.arange(seq.numel(), device=seq.device) - torch.searchsorted(seq, seq)
     query_pos = q.new_zeros(batch * per, dtype=torch.long).index_copy_(0, slot, rows.index - cu[seq]).view(batch, per)
     filled = torch.zeros(batch * per, dtype=torch.bool, device=q.device).index_fill_(0, slot, True).view(batch, per, 1)
     keys = (cu[1:] - cu[:-1]) if o.key_lengths is None else o.key_lengths
     ok = _allowed(keys, query_pos, max_seqlen, o.window) | ~filled  # a padding slot sees everything: no empty rows
-    keyless = ~ok.any(-1, keepdim=True)  # a left window past the key prefix
+    keyless = ~ok.any(-1, keepdim=True)  # a left window past the key prefix, or an empty sequence
     ok = (ok | keyless)[:, None]
     key_index = _pad_index(cu_seqlens, max_seqlen, k.shape[0])
     qp = _padded(q, slot, batch, per)

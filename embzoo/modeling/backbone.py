@@ -13,6 +13,8 @@ from embzoo.modeling.layers import make_norm
 from embzoo.modeling.positions import alibi_tensor, rotary_tables
 from embzoo.modeling.task_lora import TaskLoRA, attach_task_lora
 
+PADDED_KEYS = 4  # the last layer computes the rows alone while their keys, padded to [B, S], fill <= 4 × T slots
+
 
 class Backbone(nn.Module):
     """PackedBatch → hidden states [T, D]. attn_backend forces one attention backend (None = auto).
@@ -52,8 +54,10 @@ class Backbone(nn.Module):
         return out
 
     def forward(self, batch: PackedBatch, rows: TokenRows | None = None) -> torch.Tensor:
-        """Hidden states [T, D], or [R, D] for `rows` only: the last layer runs its attention output, MLP and norms for
-        those rows alone (keys and values from every token)."""
+        """Hidden states [T, D], or [R, D] for `rows` only (zeros for the rows of an empty sequence): the last layer
+        runs its attention output, MLP and norms for those rows alone (keys and values from every token), unless its
+        keys padded to [B, S] would exceed PADDED_KEYS × T (one long sequence among many short ones: memory); then it
+        runs every token and the rows are taken after it."""
         if batch.max_seqlen > self.max_seq_len:
             raise ValueError(
                 f"a sequence of {batch.max_seqlen} tokens exceeds the model's limit of {self.max_seq_len}; "
@@ -61,7 +65,14 @@ class Backbone(nn.Module):
             )
         contexts = self.contexts(batch)
         h = self.embed(batch)
+        if rows is not None and not h.shape[0]:  # no sequence, or only empty ones
+            return h.new_zeros(rows.index.shape[0], h.shape[1])
+        narrow = rows is not None and batch.num_sequences * batch.max_seqlen <= PADDED_KEYS * h.shape[0]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            h = layer(h, contexts[self.cfg.layer_type(i)], rows if i == last else None)
-        return self.final_norm(h)
+            h = layer(h, contexts[self.cfg.layer_type(i)], rows if narrow and i == last else None)
+        if rows is None:
+            return self.final_norm(h)
+        h = self.final_norm(h if narrow else h[rows.index])
+        lengths = batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]
+        return h.masked_fill((lengths[rows.seq] == 0)[:, None], 0)

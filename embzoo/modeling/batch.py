@@ -110,9 +110,11 @@ class TokenRows:
     last layer computes its attention output and MLP for these rows only (keys and values still from every token).
 
     index int64 [R]: packed-stream rows grouped by sequence (a sequence's rows after the previous sequence's);
-    per_sequence: the most rows any one sequence has (a host int, so attention pads without a sync)."""
+    seq int64 [R]: the sequence of each row (an empty sequence's rows stand on any valid token; the model returns
+    zeros for them); per_sequence: the most rows any one sequence has (a host int, so attention pads without a sync)."""
 
     index: torch.Tensor
+    seq: torch.Tensor
     per_sequence: int
 
     @classmethod
@@ -129,13 +131,15 @@ class TokenRows:
                 ends.append(cu[1:] - 1)
             else:
                 raise ValueError(f"token rows are taken at 'first' or 'last' tokens; got {mode!r}")
-        return cls(torch.stack(ends, dim=1).reshape(-1), len(modes))
+        index = torch.minimum(torch.stack(ends, dim=1).reshape(-1), cu[-1] - 1).clamp(min=0)  # in range when empty
+        seq = torch.arange(cu.numel() - 1, device=cu.device).repeat_interleave(len(modes))
+        return cls(index, seq, len(modes))
 
     def to(self, device: torch.device | str) -> TokenRows:
         """Copy to device; pinned host memory makes the copy asynchronous."""
         pin = torch.device(device).type == "cuda" and self.index.device.type == "cpu"
-        index = (self.index.pin_memory() if pin else self.index).to(device, non_blocking=pin)
-        return TokenRows(index, self.per_sequence)
+        index, seq = ((t.pin_memory() if pin else t).to(device, non_blocking=pin) for t in (self.index, self.seq))
+        return TokenRows(index, seq, self.per_sequence)
 
 
 def _key_lengths(key_lengths: Sequence[int], lengths: np.ndarray) -> torch.Tensor:

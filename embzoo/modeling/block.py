@@ -82,7 +82,7 @@ class SelfAttention(nn.Module):
             backend=ctx.backend,
             rows=rows,
         )
-        return self.out(a.reshape(q.shape[0], -1))
+        return self.out(a.flatten(1))  # not reshape(R, -1): ambiguous for R = 0
 
 
 class MLP(nn.Module):

@@ -67,10 +67,10 @@ class Linear(nn.Linear):
     """nn.Linear that, in CPU float32 inference (no grad), multiplies by a oneDNN-packed copy of its weight, made on
     first use and remade when the weight changes in place through autograd's view (copy_ under no_grad, as embzoo's
     adapter merges do, load_state_dict, .to()); writes through `weight.data` bypass the version counter and are not
-    seen (peft's merge_and_unload on this module: set $EMBZOO_CPU_PACKED_LINEAR=0 first), nor are in-place writes to a
-    weight made under inference_mode (an inference tensor tracks no version). About 1.2× MKL's GEMM on
+    seen (peft's merge_and_unload on this module: set $EMBZOO_CPU_PACKED_LINEAR=0 first). About 1.2× MKL's GEMM on
     small CPUs, for one more copy of the weight in host memory ($EMBZOO_CPU_PACKED_LINEAR=0 turns it off). Elsewhere
-    exactly nn.Linear: CUDA, other dtypes, training, under torch.compile."""
+    exactly nn.Linear: CUDA, other dtypes, training, under torch.compile, and weights made under inference_mode (an
+    inference tensor tracks no version, so a packed copy could not follow in-place writes such as adapter merges)."""
 
     _packed: tuple[tuple[int, int], torch.Tensor] | None = None  # ((weight data_ptr, version), packed weight)
 
@@ -82,10 +82,11 @@ class Linear(nn.Linear):
             and x.dtype == w.dtype == torch.float32
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()  # Inductor cannot lower the packed op (and packs weights itself)
+            and not w.is_inference()
             and os.environ.get(PACKED_LINEAR_ENV) != "0"
         ):
             return super().forward(x)
-        stamp = (w.data_ptr(), None if w.is_inference() else w._version)
+        stamp = (w.data_ptr(), w._version)
         if self._packed is None or self._packed[0] != stamp:
             self._packed = (stamp, torch.ops.mkldnn._reorder_linear_weight(w, None))
         flat = x.reshape(-1, x.shape[-1])

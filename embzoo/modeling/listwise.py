@@ -37,7 +37,7 @@ class MarkerProjector(nn.Module):
         seq = torch.searchsorted(batch.cu_seqlens[1:].long(), index, right=True)
         per_sequence = int(torch.bincount(seq).max()) if index.numel() else 0
         is_query = ids[index] == self.query_id
-        return TokenRows(index, per_sequence), is_query.nonzero()[:, 0], (~is_query).nonzero()[:, 0]
+        return TokenRows(index, seq, per_sequence), is_query.nonzero()[:, 0], (~is_query).nonzero()[:, 0]
 
     def forward(
         self, batch: PackedBatch, rows: TokenRows, query_at: torch.Tensor, doc_at: torch.Tensor
