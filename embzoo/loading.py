@@ -181,7 +181,7 @@ def load(
     backbone, head = load_backbone(  # quantized: on the host, then quantized and moved one block at a time
         snap,
         attn_backend=attn_backend,
-        dtype=dtype,
+        dtype=torch.float32 if quantize == "fp8" and snap.stated_dtype == "float32" else dtype,  # FP8: from fp32
         device="cpu" if quantize else device,
         transform=merge,
         ignore=[Drop(STANFORD_LINEAR)] if is_stanford_colbert(snap) else (),  # the ColBERT projection, read apart

@@ -22,8 +22,8 @@ TEXTS = [
     "naïve café — déjà vu",
 ]
 # measured on this CPU (torch._scaled_mm with bf16 activations and output): the real MiniLM against its
-# bfloat16 load, min cosine 0.9899 / mean 0.9961 over TEXTS (the 3-token "ok" is the worst); over 256 protocol TEXT
-# texts min 0.9896, mean 0.9958; a random bert-base min 0.9970, a random Qwen3-0.6B shape min 0.9870
+# bfloat16 load, min cosine 0.9916 / mean 0.9962 over TEXTS (quantized from its float32 weights; 0.9899 from bf16 ones);
+# over 256 protocol TEXT texts min 0.9895, mean 0.9958; a random bert-base min 0.9970, a random Qwen3-0.6B shape 0.9870
 MINILM_MIN_COS, MINILM_MEAN_COS = 0.985, 0.995
 
 
@@ -90,6 +90,9 @@ def test_minilm_in_fp8_stays_close_to_bfloat16():
     assert (
         backbone.embed.tok.weight.dtype == torch.bfloat16 and backbone.layers[0].norm_mlp.weight.dtype == torch.bfloat16
     )
+    stated = embzoo.load(device="cpu").model.backbone.layers[0].mlp.up.weight  # float32, as its config states
+    codes = backbone.layers[0].mlp.up.weight.view(torch.uint8)
+    assert torch.equal(codes, quantize_rows(stated)[0].view(torch.uint8))  # quantized once, not via bfloat16
     got, want = fp8.encode(TEXTS), embzoo.load(device="cpu", dtype="bfloat16").encode(TEXTS)
     cos = np.sum(got * want, axis=1)
     print(f"MiniLM fp8 vs bf16: min cosine {cos.min():.5f}, mean {cos.mean():.5f}")
@@ -126,12 +129,15 @@ def test_refusals(make_checkpoint, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fp8():
-    """On CUDA: the fused (compiled) activation quantization equals the eager one bit for bit, FP8 layers match the
-    dequantized reference, and MiniLM stays within the CPU-measured bounds of its bfloat16 load."""
+    """On CUDA: the fused (compiled) activation quantization agrees with the eager one (a division may round its last
+    bit differently: codes one e4m3 step apart at most, and rarely), FP8 layers match the dequantized reference, and
+    MiniLM stays within the CPU-measured bounds of its bfloat16 load."""
     x = torch.randn(300, 384, device="cuda", dtype=torch.bfloat16) * 3
     q, scale = fp8_linear._compiled_quantize_rows()(x)
     q_eager, scale_eager = quantize_rows(x)
-    assert torch.equal(q.view(torch.uint8), q_eager.view(torch.uint8)) and torch.equal(scale, scale_eager)
+    torch.testing.assert_close(scale, scale_eager, rtol=1e-6, atol=0)
+    steps = (q.view(torch.uint8).int() - q_eager.view(torch.uint8).int()).abs()  # same sign: adjacent codes differ by 1
+    assert steps.max() <= 1 and (steps > 0).float().mean() < 1e-3
     linear = nn.Linear(384, 1536).to("cuda", torch.bfloat16)
     y = Fp8Linear(linear).to("cuda")(x)
     torch.testing.assert_close(y.double(), reference(x, linear.weight, linear.bias), rtol=2**-7, atol=1e-2)

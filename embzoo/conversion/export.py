@@ -33,7 +33,7 @@ from embzoo.api import Embedder
 from embzoo.conversion.native import NativeLayout, native_layout, native_weights
 from embzoo.conversion.peft import adapter_snapshot, is_adapter
 from embzoo.conversion.snapshot import LEGACY_POOLING_KEYS, Snapshot, read_snapshot, resolve
-from embzoo.loading import DTYPES, load
+from embzoo.loading import load
 from embzoo.modeling.pooling import Pooler
 from embzoo.registry import family_for
 from embzoo.reranker import Ranker
@@ -101,7 +101,7 @@ def export_sentence_transformers(
     root = catalog.bundled_model_path() if src is None else resolve(src)
     snap = adapter_snapshot(root)[0] if is_adapter(root) else read_snapshot(root)
     layout = native_layout(snap.config)
-    dtype = dtype or _stored_dtype(snap.config)
+    dtype = dtype or snap.stated_dtype
     model = load(src, device="cpu", dtype=dtype, recipe=recipe)
     if isinstance(model, Ranker):
         raise ExportError(
@@ -137,12 +137,6 @@ def export_sentence_transformers(
         tuple(model.prompts),
         tuple(left_out),
     )
-
-
-def _stored_dtype(config: dict[str, Any]) -> str:
-    """config.json's dtype (transformers 5) or torch_dtype when it is one embzoo runs, else float32."""
-    stated = config.get("dtype") or config.get("torch_dtype")
-    return stated if stated in DTYPES else "float32"
 
 
 def _unexpressible(model: Embedder, snap: Snapshot, layout: NativeLayout) -> list[str]:

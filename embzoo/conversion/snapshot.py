@@ -124,6 +124,12 @@ class Snapshot:
     # classification head) are stored under their embzoo names; `config` is then the source's config.json
     converted: dict[str, Any] | None = None
 
+    @property
+    def stated_dtype(self) -> str:
+        """config.json's dtype (transformers 5) or torch_dtype when it is one embzoo runs, else "float32"."""
+        stated = self.config.get("dtype") or self.config.get("torch_dtype")
+        return stated if stated in ("float32", "float16", "bfloat16") else "float32"
+
 
 def read_json(path: Path) -> Any:
     try:

@@ -79,7 +79,8 @@ def quantize_linears(
     if not blocks:
         raise ValueError(f"{type(module).__name__} has no transformer blocks whose Linear layers could be quantized")
     for block in blocks:
-        block.to(dtype=compute_dtype)
+        if mode != "fp8":  # bitsandbytes quantizes the compute-dtype weights; FP8 the weights as loaded (fp32: once)
+            block.to(dtype=compute_dtype)
         for name, child in list(block.named_modules()):
             if type(child) not in (nn.Linear, Linear):  # not the bitsandbytes layers (nn.Linear subclasses too)
                 continue
