@@ -36,11 +36,23 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
     return [item["text"] if isinstance(item, dict) else item for item in items]
 
 
+QUANTIZATION = {"8bit": "load_in_8bit", "nf4": "load_in_4bit", "fp8": "load_in_fp8"}  # --quantization → load flag
+
+
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """embzoo.load's keyword arguments from the model options every model command takes (--device, --dtype,
+    --quantization)."""
+    options: dict[str, Any] = {"device": args.device, "dtype": args.dtype}
+    if args.quantization:
+        options[QUANTIZATION[args.quantization]] = True
+    return options
+
+
 def _load(args: argparse.Namespace):
     import embzoo
 
     try:
-        return embzoo.load(args.model, device=args.device, dtype=args.dtype, recipe=getattr(args, "recipe", None))
+        return embzoo.load(args.model, recipe=getattr(args, "recipe", None), **load_options(args))
     except ValueError as error:  # a bad option (recipe, max length): load's message, no traceback
         raise SystemExit(f"embzoo {args.command}: {error}") from None
 
@@ -188,21 +200,45 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(exported.summary())
 
 
-def served_models(specs: list[str], device: str | None, dtype: str | None) -> dict[str, Any]:
-    """--model values ([NAME=]hub id or folder) loaded with embzoo.load, keyed by NAME (default: the value)."""
+def served_adapters(specs: list[str], models: list[str]) -> dict[str, dict[str, str]]:
+    """--adapter values ([MODEL:]NAME=FOLDER, MODEL one of the served `models`' names, needed when there are several)
+    → {model: {adapter name: folder}}."""
+    adapters: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        left, _, folder = spec.partition("=")
+        model, _, name = left.rpartition(":")
+        model = model or (models[0] if len(models) == 1 else "")
+        if not (name and folder and model):
+            raise SystemExit(
+                f"embzoo serve: --adapter {spec!r}: give NAME=FOLDER (a PEFT LoRA adapter folder or hub id), "
+                f"or MODEL:NAME=FOLDER when serving several models ({', '.join(models)})"
+            )
+        if model not in models:
+            raise SystemExit(f"embzoo serve: --adapter {spec!r}: no model named {model!r}; served: {', '.join(models)}")
+        adapters.setdefault(model, {})[name] = folder
+    return adapters
+
+
+def served_models(specs: list[str], adapter_specs: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """--model values ([NAME=]hub id or folder) loaded with embzoo.load(**options), keyed by NAME (default: the
+    value), each with its --adapter values as named adapters (requests select one by their `adapter` field)."""
     import embzoo
 
-    models: dict[str, Any] = {}
+    paths: dict[str, str] = {}
     for spec in specs:
         name, _, path = spec.partition("=") if "=" in spec else (spec, "", spec)
         if not name or not path:
             raise SystemExit(f"embzoo serve: --model {spec!r}: give a hub id or folder, or NAME=hub id or folder")
-        if name in models:
+        if name in paths:
             raise SystemExit(f"embzoo serve: two models named {name!r}; name them apart with --model NAME=...")
+        paths[name] = path
+    adapters = served_adapters(adapter_specs, list(paths))
+    models: dict[str, Any] = {}
+    for name, path in paths.items():
         try:
-            models[name] = embzoo.load(path, device=device, dtype=dtype)
+            models[name] = embzoo.load(path, **options, **({"adapters": adapters[name]} if name in adapters else {}))
         except (ValueError, OSError, SnapshotError) as error:  # a bad option, no such folder, an unreadable checkpoint
-            raise SystemExit(f"embzoo serve: {spec}: {error}") from None
+            raise SystemExit(f"embzoo serve: {path}: {error}") from None
     return models
 
 
@@ -219,8 +255,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
         settings = ServerSettings(api_key=args.api_key or os.environ.get("EMBZOO_API_KEY") or None, **given)
     except ValueError as error:
         raise SystemExit(f"embzoo serve: {error}") from None
-    app = create_app(served_models(args.model, args.device, args.dtype), settings)
+    app = create_app(served_models(args.model, args.adapter, load_options(args)), settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def with_model_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every model-loading command takes (see load_options)."""
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--quantization",
+        default=None,
+        choices=list(QUANTIZATION),
+        help="quantize the transformer blocks' Linear layers at load: bitsandbytes 8-bit or NF4 (embzoo[quant]), or "
+        "FP8 (GPUs of compute capability 8.9+, e.g. H100)",
+    )
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,9 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             p.add_argument("--model", default=None, help="hub id or local folder (default: bundled all-MiniLM-L6-v2)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-        p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
-        return p
+        return with_model_options(p)
 
     embed = with_model(sub.add_parser("embed", help="embed texts; JSON lines to stdout or .npy/.jsonl file"))
     embed.add_argument("texts", nargs="*", metavar="TEXT")
@@ -332,8 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available)")
-    serve.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    with_model_options(serve)
+    serve.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="[MODEL:]NAME=FOLDER",
+        help="a PEFT LoRA adapter (folder or hub id) kept beside MODEL's weights, selected by requests' `adapter` "
+        "field; MODEL (a served name) is needed when serving several models; repeat for more",
+    )
     serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (default: $EMBZOO_API_KEY)")
     serve.add_argument("--max-batch-tokens", type=int, help="tokens per merged forward (default 16384)")
     serve.add_argument("--max-wait-ms", type=float, help="how long a request waits for others to batch (default 5)")

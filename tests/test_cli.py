@@ -23,6 +23,18 @@ def test_embed_writes_json_lines(capsys):
     assert all(len(r["embedding"]) == 384 for r in rows)
 
 
+def test_embed_with_fp8_weights(capsys):
+    import embzoo
+
+    main(["embed", "--device", "cpu", "--quantization", "fp8", "first text", "second"])
+    got = np.array([json.loads(line)["embedding"] for line in capsys.readouterr().out.splitlines()])
+    want = embzoo.load(device="cpu", dtype="bfloat16").encode(["first text", "second"])
+    cos = np.sum(got * want, axis=1)
+    assert cos.min() > 0.98 and cos.max() < 1  # FP8, close to but not the bfloat16 load
+    with pytest.raises(SystemExit):
+        main(["embed", "--device", "cpu", "--quantization", "int3", "x"])
+
+
 def test_embed_file_to_npy(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('"plain string"\n{"text": "an object"}\n\n')

@@ -406,6 +406,36 @@ def test_cli_serve(minilm_dir, monkeypatch):
         main(["serve", "--model", str(Path(minilm_dir) / "nowhere"), "--device", "cpu"])
 
 
+def test_cli_serve_adapters_and_quantization(minilm_dir, tmp_path, tokenizer_dir, monkeypatch):
+    import uvicorn
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen3Config, Qwen3Model
+
+    from embzoo.modeling.fp8_linear import Fp8Linear
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: ran.update(app=app))
+    torch.manual_seed(0)
+    base = save_checkpoint(Qwen3Model(Qwen3Config(**TINY_QWEN3)), tmp_path / "base", tokenizer_dir)
+    lora = LoraConfig(init_lora_weights=False, target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8)
+    get_peft_model(Qwen3Model.from_pretrained(base), lora).save_pretrained(tmp_path / "a")
+    models = ["--model", f"q={base}", "--model", f"mini={minilm_dir}", "--device", "cpu"]
+    main(["serve", *models, "--adapter", f"q:a={tmp_path / 'a'}"])
+    served = ran["app"].state.service.models
+    assert served["q"].adapters.names == ["a"] and served["mini"].adapters is None
+    for spec, message in [
+        (f"a={tmp_path / 'a'}", "MODEL:NAME=FOLDER when serving several models"),
+        (f"other:a={tmp_path / 'a'}", "no model named 'other'; served: q, mini"),
+        ("q:a=", "give NAME=FOLDER"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main(["serve", *models, "--adapter", spec])
+    main(["serve", "--model", f"{base}", "--adapter", f"a={tmp_path / 'a'}", "--device", "cpu"])  # one model: no MODEL
+    assert ran["app"].state.service.models[str(base)].adapters.names == ["a"]
+    main(["serve", "--model", f"mini={minilm_dir}", "--device", "cpu", "--quantization", "fp8"])
+    assert isinstance(ran["app"].state.service.models["mini"].model.backbone.layers[0].mlp.up, Fp8Linear)
+
+
 def test_load_test_runs_without_errors(minilm, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
     from load_test import run_load_test
