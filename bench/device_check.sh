@@ -78,7 +78,8 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     info = result["probe"]
     print("--", path.name, "|", info.get("gpu"), "| torch", info.get("torch"))
     for p in result["parity"]:
-        print("   parity", p["parity"], ": min_cos", p["min_cos"], "ok" if p["ok"] else "FAILED")
+        shown = {k: v for k, v in p.items() if k not in ("parity", "ok")}  # min_cos, or RERANK's score fields
+        print("   parity", p["parity"], ":", shown, "ok" if p["ok"] else "FAILED")
     for row in result["summary"]:
         print("   " + " | ".join(f"{k}={v}" for k, v in row.items()))
 '
