@@ -78,7 +78,7 @@ for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
     info = result["probe"]
     print("--", path.name, "|", info.get("gpu"), "| torch", info.get("torch"))
     for p in result["parity"]:
-        shown = {k: v for k, v in p.items() if k not in ("parity", "ok")}  # min_cos, or RERANK's score fields
+        shown = {k: v for k, v in p.items() if k not in ("parity", "ok")}  # min_cos, or the RERANK score fields
         print("   parity", p["parity"], ":", shown, "ok" if p["ok"] else "FAILED")
     for row in result["summary"]:
         print("   " + " | ".join(f"{k}={v}" for k, v in row.items()))
