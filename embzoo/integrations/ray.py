@@ -27,10 +27,10 @@ def _column(batch: dict[str, np.ndarray], name: str) -> list[str]:
     if name not in batch:
         raise ValueError(f"the dataset has no column {name!r}; its columns are {sorted(batch)}")
     texts = list(batch[name])
-    bad = next((x for x in texts if not isinstance(x, str)), texts)
-    if bad is not texts:
+    bad = [x for x in texts if not isinstance(x, str)]
+    if bad:
         raise ValueError(
-            f"column {name!r} holds {bad!r} ({type(bad).__name__}), not a string: drop or fill such rows first "
+            f"column {name!r} holds {bad[0]!r} ({type(bad[0]).__name__}), not a string: drop or fill such rows first "
             "(ds.filter / ds.map)"
         )
     return texts

@@ -13,7 +13,6 @@ import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
-from embzoo import kernels
 from embzoo.conversion.snapshot import CONVERTED_TYPE
 from embzoo.modeling.batch import PackedBatch
 from embzoo.reranker import Reranker
@@ -102,13 +101,13 @@ class EmbzooModel(PreTrainedModel):
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
         types = None if token_type_ids is None else token_type_ids.to(device)
         batch = PackedBatch.from_padded(input_ids, mask, types)
-        starts = kernels.padding_offsets(mask)  # where each row's tokens go back to
         with torch.inference_mode():
             if not hasattr(self.embzoo, "model"):
                 return SequenceClassifierOutput(logits=self.module(batch).float()[:, None])
             want = ["tokens", *(["sentence"] if self.module.pooler is not None else [])]
             out = self.module.run(batch, want)
-        hidden = kernels.shift_rows(kernels.pad(out["tokens"], batch.cu_seqlens, input_ids.shape[1]), -starts)
+        tokens = out["tokens"]  # [T, D] in the mask's row-major order: back to the input's layout, left or right padded
+        hidden = tokens.new_zeros(*mask.shape, tokens.shape[1]).masked_scatter_(mask.bool()[..., None], tokens)
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=out.get("sentence"))
 
 

@@ -8,11 +8,19 @@ from embzoo.kernels.maxsim import maxsim_ref, maxsim_triton
 from embzoo.kernels.pad import pad_ref, pad_triton
 from embzoo.kernels.pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
 from embzoo.kernels.rotary import rotary_ref, rotary_triton
-from embzoo.kernels.unpad import cu_seqlens_from_mask, padding_offsets, shift_rows, unpad_ref, unpad_triton
+from embzoo.kernels.unpad import (
+    cu_seqlens_from_mask,
+    cu_seqlens_of,
+    padding_offsets,
+    shift_rows,
+    unpad_ref,
+    unpad_triton,
+)
 
 __all__ = [
     "POOLING_MODES",
     "cu_seqlens_from_mask",
+    "cu_seqlens_of",
     "maxsim",
     "pad",
     "padding_offsets",

@@ -110,6 +110,11 @@ def cu_seqlens_from_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, in
             "attention_mask must be right-padded (each row: ones followed by zeros; a tokenizer pads so with "
             f"tokenizer.padding_side = 'right'); rows {bad_rows[:8].tolist()} are not"
         )
+    return cu_seqlens_of(lengths)
+
+
+def cu_seqlens_of(lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sequence lengths int [B] -> (cu_seqlens int32 [B+1], max_seqlen)."""
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
     max_seqlen = int(lengths.max()) if lengths.numel() > 0 else 0
     return cu_seqlens, max_seqlen

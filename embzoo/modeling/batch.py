@@ -67,13 +67,11 @@ class PackedBatch:
         """Pack padded input_ids [B, S] (attention_mask [B, S]: each row's ones in one run, right- or left-padded;
         token_type_ids [B, S]) on their device, as other frameworks hand them over; key_lengths int [B] as in
         from_sequences."""
-        starts = kernels.padding_offsets(attention_mask)
-        if bool(starts.any()):  # left padding: each row's tokens moved to its front
-            input_ids, attention_mask, token_type_ids = (
-                None if x is None else kernels.shift_rows(x, starts)
-                for x in (input_ids, attention_mask, token_type_ids)
-            )
-        cu, max_len = kernels.cu_seqlens_from_mask(attention_mask)
+        starts = kernels.padding_offsets(attention_mask)  # checks that each row's tokens are one run
+        input_ids, token_type_ids = (  # each row's tokens moved to its front (right padding: a shift by 0)
+            None if x is None else kernels.shift_rows(x, starts) for x in (input_ids, token_type_ids)
+        )
+        cu, max_len = kernels.cu_seqlens_of(attention_mask.bool().sum(dim=1))
         ids = kernels.unpad(input_ids, cu)
         starts = torch.repeat_interleave(cu[:-1].long(), (cu[1:] - cu[:-1]).long(), output_size=ids.numel())
         positions = torch.arange(ids.numel(), device=ids.device) - starts

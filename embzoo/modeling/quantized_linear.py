@@ -36,9 +36,12 @@ def _bitsandbytes() -> ModuleType:
     return bitsandbytes
 
 
-def _quantized(linear: nn.Linear, mode: str, compute_dtype: torch.dtype, double_quant: bool = False) -> nn.Linear:
-    """A bitsandbytes layer holding `linear`'s weight and bias (not copied); the weight is quantized when the
-    layer is moved to a device (`.to(device)`, the host included)."""
+def _quantized(linear: nn.Linear, name: str, mode: str, compute_dtype: torch.dtype, double_quant: bool) -> nn.Module:
+    """`linear` (block-relative `name`) as a layer of `mode`: an Fp8Linear quantized now ("fp8"), or a bitsandbytes
+    layer holding its weight and bias (not copied), quantized when the layer is moved to a device (`.to(device)`, the
+    host included)."""
+    if mode == "fp8":
+        return Fp8Linear(linear, name)
     bnb = _bitsandbytes()
     shape = (linear.in_features, linear.out_features, linear.bias is not None)
     if mode == "8bit":
@@ -82,11 +85,7 @@ def quantize_linears(
         if mode != "fp8":  # bitsandbytes quantizes the compute-dtype weights; FP8 the weights as loaded (fp32: once)
             block.to(dtype=compute_dtype)
         for name, child in list(block.named_modules()):
-            if type(child) not in (nn.Linear, Linear):  # not the bitsandbytes layers (nn.Linear subclasses too)
-                continue
-            if mode == "fp8":
-                block.set_submodule(name, Fp8Linear(child, name))
-            else:
-                block.set_submodule(name, _quantized(child, mode, compute_dtype, double_quant))
+            if type(child) in (nn.Linear, Linear):  # not the bitsandbytes layers (nn.Linear subclasses too)
+                block.set_submodule(name, _quantized(child, name, mode, compute_dtype, double_quant))
         block.to(device)
     return module.to(device, compute_dtype)
