@@ -23,6 +23,7 @@ from embzoo.cli import main
 from embzoo.conversion.rules import WeightMismatch
 from embzoo.conversion.snapshot import SnapshotError
 from embzoo.loading_rerankers import KINDS
+from embzoo.packing import counting_tokens
 
 RECIPE = "jinaai/jina-reranker-v3"
 # the reference's format_docs_prompts_func / FAMILIES.md §10, byte-exact
@@ -201,7 +202,11 @@ def test_blocks_of_a_long_list_combine_like_the_reference(checkpoint, block_size
     alone = reranker.score([(QUERY, d) for d in docs], batch_tokens=1)  # one block per batch
     check(packed, want)
     np.testing.assert_allclose(packed, alone, atol=1e-5)
-    assert [r["index"] for r in reranker.rank(QUERY, docs)] == np.argsort(-want, kind="stable").tolist()
+    with counting_tokens() as count:
+        ranked = reranker.rank(QUERY, docs)
+    assert [r["index"] for r in ranked] == np.argsort(-want, kind="stable").tolist()
+    blocks = [docs[i : i + block_size] for i in range(0, len(docs), block_size)]
+    assert count.tokens == sum(len(tok(reference_prompt(QUERY, b))["input_ids"]) for b in blocks)  # a server's usage
 
 
 def test_context_closes_blocks_like_the_reference(checkpoint):

@@ -9,7 +9,7 @@ from embzoo.config import ArchConfig
 from embzoo.kernels.pooling import segment_pool_ref
 from embzoo.modeling.backbone import Backbone
 from embzoo.modeling.batch import PackedBatch, TokenRows
-from embzoo.packing import token_budget_batches
+from embzoo.packing import counting_tokens, token_budget_batches
 
 
 @pytest.mark.parametrize("sort", [True, False])
@@ -123,3 +123,12 @@ def test_token_rows_fall_back_to_the_full_last_layer_when_padding_would_dominate
     with mlp_rows(backbone) as seen, torch.no_grad():
         backbone(even, TokenRows.ends(even.cu_seqlens, ["first"]))
     assert seen["last"] == [3]  # the rows alone
+
+
+def test_counting_tokens_counts_the_packed_tokens_inside_its_block_only():
+    token_budget_batches([3, 4], 8)
+    with counting_tokens() as count:
+        token_budget_batches([3, 4], 8)
+        token_budget_batches([5], 2)
+    token_budget_batches([100], 8)
+    assert count.tokens == 12

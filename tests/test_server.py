@@ -188,7 +188,12 @@ def test_rerank_and_score_match_rank_and_score(minilm, make_checkpoint):
     got = [r["relevance_score"] for r in ce.json()["results"]]
     np.testing.assert_allclose(got, [w["score"] for w in want], atol=1e-6)
     assert [r["document"]["text"] for r in ce.json()["results"]] == [DOCS[w["index"]] for w in want]
-    assert ce.json()["model"] == "ce" and ce.json()["usage"] == {"documents": 3}
+    pair_tokens = [len(ids) for ids in reranker.inputs.encode([query] * 3, DOCS, None).ids]
+    assert ce.json()["model"] == "ce" and ce.json()["usage"] == {"total_tokens": sum(pair_tokens), "documents": 3}
+    text_tokens = sum(len(ids) for ids in minilm.tokenize([query, *DOCS]).ids)
+    assert mini.json()["usage"] == {"total_tokens": text_tokens, "documents": 3}
+    assert score_ce.json()["usage"] == {"prompt_tokens": sum(pair_tokens), "total_tokens": sum(pair_tokens), "pairs": 3}
+    assert score_mini.json()["usage"]["total_tokens"] == 2 * sum(len(ids) for ids in minilm.tokenize(DOCS).ids)
     assert [r["index"] for r in mini.json()["results"]] == [w["index"] for w in minilm.rank(query, DOCS)]
     assert all("document" not in r for r in bare.json()["results"])
     data = score_ce.json()["data"]

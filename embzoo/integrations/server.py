@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +40,7 @@ from embzoo.integrations.server_inputs import (
     embedding_input,
     score_pairs,
 )
+from embzoo.packing import counting_tokens
 from embzoo.reranker import Ranker
 
 ERROR_TYPES = {
@@ -93,7 +94,7 @@ class ServerSettings:
 def _declare(metrics: Metrics) -> None:
     metrics.declare("embzoo_requests_total", "counter", "HTTP requests by endpoint and status code")
     metrics.declare("embzoo_request_duration_seconds", "histogram", "HTTP request latency by endpoint", LATENCY_BUCKETS)
-    metrics.declare("embzoo_input_tokens_total", "counter", "tokens embedded, by model")
+    metrics.declare("embzoo_input_tokens_total", "counter", "tokens run (embeddings, rerank, score), by model")
     metrics.declare("embzoo_truncated_inputs_total", "counter", "embedding inputs cut to the model's limit, by model")
     metrics.declare("embzoo_batch_tokens", "histogram", "tokens per merged embedding forward, by model", TOKEN_BUCKETS)
     metrics.declare("embzoo_batch_requests", "histogram", "requests per merged embedding forward", REQUEST_BUCKETS)
@@ -137,6 +138,13 @@ def _vector(row: np.ndarray, encoding_format: str) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(np.ascontiguousarray(row, dtype="<f4").tobytes()).decode("ascii")
     return row.tolist()
+
+
+def _counted(work: Callable[[], Any]) -> tuple[Any, int]:
+    """work()'s answer and the tokens its model calls ran (a rerank's or score's usage)."""
+    with counting_tokens() as count:
+        answer = work()
+    return answer, count.tokens
 
 
 def _embedding_data(vectors: Any, encoding_format: str) -> list[dict]:
@@ -309,23 +317,26 @@ class _Service:
         documents = document_texts(req.documents)
         self.check_count(len(documents), "documents")
         work = partial(model.rank, req.query, documents, top_k=req.top_n, **self._instruction(model, req.instruction))
-        rows = await self.run(self.batchers[name].call(work))
+        rows, tokens = await self.run(self.batchers[name].call(partial(_counted, work)))
+        self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
         results = []
         for row in rows:
             result = {"index": row["index"], "relevance_score": row["score"]}
             if req.return_documents:
                 result["document"] = {"text": documents[row["index"]]}
             results.append(result)
-        return {"results": results, "model": name, "usage": {"documents": len(documents)}}
+        return {"results": results, "model": name, "usage": {"total_tokens": tokens, "documents": len(documents)}}
 
     async def score(self, req: ScoreRequest) -> dict:
         name, model = self.pick(req.model)
         pairs = score_pairs(req.text_1, req.text_2)
         self.check_count(len(pairs), "text_2")
         work = partial(model.score, pairs, **self._instruction(model, req.instruction))
-        scores = await self.run(self.batchers[name].call(work))
+        scores, tokens = await self.run(self.batchers[name].call(partial(_counted, work)))
+        self.metrics.inc("embzoo_input_tokens_total", tokens, model=name)
         data = [{"index": i, "object": "score", "score": float(s)} for i, s in enumerate(scores)]
-        return {"object": "list", "data": data, "model": name, "usage": {"pairs": len(pairs)}}
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens, "pairs": len(pairs)}
+        return {"object": "list", "data": data, "model": name, "usage": usage}
 
     def model_list(self) -> dict:
         data = [
