@@ -355,12 +355,14 @@ def test_metrics_text(minilm):
             await client.post("/v1/embeddings", json={"input": TEXTS})
             await client.post("/v1/embeddings", json={"input": 1.5})
             await client.get("/nowhere")
+            await client.post("/v1/rerank", json={"query": TEXTS[0], "documents": TEXTS[1:3]})
             return await client.get("/metrics")
 
     r = asyncio.run(scenario())
     assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
     metrics = parse_metrics(r.text)
-    assert metrics["embzoo_input_tokens_total"] == sum(len(s) for s in minilm.tokenize(TEXTS).ids)
+    reranked = sum(len(s) for s in minilm.tokenize(TEXTS[:3]).ids)  # the query and two documents, truncated
+    assert metrics["embzoo_input_tokens_total"] == sum(len(s) for s in minilm.tokenize(TEXTS).ids) + reranked
     assert metrics["embzoo_truncated_inputs_total"] == 1
     assert metrics["embzoo_batch_tokens_count"] == 1 and metrics["embzoo_queue_depth"] == 0
     assert 'embzoo_requests_total{endpoint="/v1/embeddings",status="200"} 1' in r.text
