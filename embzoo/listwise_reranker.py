@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from embzoo.listwise_templates import Block, JinaV3Prompts
-from embzoo.modeling.batch import PackedBatch
+from embzoo.modeling.batch import PackedBatch, moved
 from embzoo.modeling.listwise import MarkerProjector
 from embzoo.packing import token_budget_batches
 from embzoo.reranker import Ranker, as_pairs
@@ -97,10 +97,8 @@ class ListwiseReranker(Ranker):
         documents: list[torch.Tensor] = [None] * len(blocks)  # type: ignore[list-item]
         for idx in token_budget_batches([len(b.ids) for b in blocks], batch_tokens):
             batch = PackedBatch.from_sequences([blocks[i].ids for i in idx])
-            pin = self.device.type == "cuda"  # pinned: the copies stay asynchronous, as PackedBatch.to's
             rows, *at = self.scorer.marker_rows(batch)
-            at = [(r.pin_memory() if pin else r).to(self.device, non_blocking=pin) for r in at]
-            q, d = self.scorer(batch.to(self.device), rows.to(self.device), *at)
+            q, d = self.scorer(batch.to(self.device), rows.to(self.device), *(moved(r, self.device) for r in at))
             per_block = d.split([len(blocks[i].documents) for i in idx])
             for row, (i, doc_vectors) in enumerate(zip(idx.tolist(), per_block, strict=True)):
                 queries[i], documents[i] = q[row], doc_vectors

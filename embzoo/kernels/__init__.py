@@ -9,7 +9,6 @@ from embzoo.kernels.pad import pad_ref, pad_triton
 from embzoo.kernels.pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
 from embzoo.kernels.rotary import rotary_ref, rotary_triton
 from embzoo.kernels.unpad import (
-    cu_seqlens_from_mask,
     cu_seqlens_of,
     padding_offsets,
     shift_rows,
@@ -19,7 +18,6 @@ from embzoo.kernels.unpad import (
 
 __all__ = [
     "POOLING_MODES",
-    "cu_seqlens_from_mask",
     "cu_seqlens_of",
     "maxsim",
     "pad",

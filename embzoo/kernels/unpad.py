@@ -97,22 +97,6 @@ def unpad_triton(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     return _unpad_op(x, cu_seqlens.to(x.device), total)
 
 
-def cu_seqlens_from_mask(attention_mask: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """attention_mask [B, S] (right-padded, ones then zeros) -> (cu_seqlens int32 [B+1], max_seqlen)."""
-    if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be 2-D [batch, seq], got shape {tuple(attention_mask.shape)}")
-    mask = attention_mask.bool()
-    lengths = mask.sum(dim=1, dtype=torch.int32)
-    expected = torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]
-    bad_rows = (mask != expected).any(dim=1).nonzero().flatten()
-    if bad_rows.numel() > 0:
-        raise ValueError(
-            "attention_mask must be right-padded (each row: ones followed by zeros; a tokenizer pads so with "
-            f"tokenizer.padding_side = 'right'); rows {bad_rows[:8].tolist()} are not"
-        )
-    return cu_seqlens_of(lengths)
-
-
 def cu_seqlens_of(lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Sequence lengths int [B] -> (cu_seqlens int32 [B+1], max_seqlen)."""
     cu_seqlens = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))

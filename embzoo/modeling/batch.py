@@ -85,20 +85,13 @@ class PackedBatch:
 
     def to(self, device: torch.device | str) -> PackedBatch:
         """Copy to device; pinned host memory makes the copy asynchronous."""
-        pin = torch.device(device).type == "cuda"
-
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None:
-                return None
-            return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
-
         return PackedBatch(
-            move(self.input_ids),
-            move(self.positions),
-            move(self.cu_seqlens),
+            moved(self.input_ids, device),
+            moved(self.positions, device),
+            moved(self.cu_seqlens, device),
             self.max_seqlen,
-            move(self.token_type_ids),
-            move(self.key_lengths),
+            moved(self.token_type_ids, device),
+            moved(self.key_lengths, device),
         )
 
 
@@ -135,9 +128,16 @@ class TokenRows:
 
     def to(self, device: torch.device | str) -> TokenRows:
         """Copy to device; pinned host memory makes the copy asynchronous."""
-        pin = torch.device(device).type == "cuda" and self.index.device.type == "cpu"
-        index, seq = ((t.pin_memory() if pin else t).to(device, non_blocking=pin) for t in (self.index, self.seq))
-        return TokenRows(index, seq, self.per_sequence)
+        return TokenRows(moved(self.index, device), moved(self.seq, device), self.per_sequence)
+
+
+def moved(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    """t on device (None stays None); a host tensor bound for CUDA goes through pinned memory, so the copy is
+    asynchronous."""
+    if t is None:
+        return None
+    pin = torch.device(device).type == "cuda" and t.device.type == "cpu"
+    return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
 
 def _key_lengths(key_lengths: Sequence[int], lengths: np.ndarray) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""unpad (Triton vs reference vs a python-loop oracle), cu_seqlens_from_mask, padding_offsets and shift_rows."""
+"""unpad (Triton vs reference vs a python-loop oracle), cu_seqlens_of, padding_offsets and shift_rows."""
 
 import pytest
 import torch
@@ -68,36 +68,30 @@ def test_unpad_wrong_cu_seqlens_size() -> None:
         unpad_ref(torch.zeros(2, 3, 4), cu_seqlens_of([1, 2, 3]))
 
 
-@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64, torch.int32], ids=str)
-def test_cu_seqlens_from_mask(mask_dtype: torch.dtype) -> None:
-    lengths = [3, 1, 5, 0]
-    mask = torch.tensor([[1] * n + [0] * (6 - n) for n in lengths]).to(mask_dtype)
-    cu, max_seqlen = K.cu_seqlens_from_mask(mask)
+def test_cu_seqlens_of_lengths() -> None:
+    cu, max_seqlen = K.cu_seqlens_of(torch.tensor([3, 1, 5, 0]))
     assert cu.dtype == torch.int32
     assert cu.tolist() == [0, 3, 4, 9, 9]
     assert max_seqlen == 5
 
 
-def test_cu_seqlens_from_mask_empty_batch() -> None:
-    cu, max_seqlen = K.cu_seqlens_from_mask(torch.zeros(0, 4, dtype=torch.int64))
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.int64, torch.int32], ids=str)
+def test_padding_offsets_of_a_right_padded_mask_are_zero(mask_dtype: torch.dtype) -> None:
+    mask = torch.tensor([[1] * n + [0] * (6 - n) for n in [3, 1, 5, 0]]).to(mask_dtype)
+    assert K.padding_offsets(mask).tolist() == [0, 0, 0, 0]
+
+
+def test_empty_batch() -> None:
+    cu, max_seqlen = K.cu_seqlens_of(torch.zeros(0, dtype=torch.int64))
     assert cu.tolist() == [0]
     assert cu.dtype == torch.int32
     assert max_seqlen == 0
+    assert K.padding_offsets(torch.zeros(0, 4, dtype=torch.int64)).numel() == 0
 
 
-@pytest.mark.parametrize(
-    "mask",
-    [[[0, 1, 1], [1, 1, 1]], [[1, 0, 1], [1, 0, 0]]],
-    ids=["left-padded", "hole"],
-)
-def test_cu_seqlens_from_mask_rejects_non_right_padded(mask: list[list[int]]) -> None:
-    with pytest.raises(ValueError, match="right-padded"):
-        K.cu_seqlens_from_mask(torch.tensor(mask))
-
-
-def test_cu_seqlens_from_mask_rejects_wrong_rank() -> None:
+def test_padding_offsets_rejects_wrong_rank() -> None:
     with pytest.raises(ValueError, match="2-D"):
-        K.cu_seqlens_from_mask(torch.ones(2, 3, 4))
+        K.padding_offsets(torch.ones(2, 3, 4))
 
 
 def test_padding_offsets_and_shift_rows_turn_left_padding_into_right_padding() -> None:
