@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine session, from the repo root: versions and card, the decoder-path GPU tests, the
-# benchmarks (DEC Qwen3-0.6B bf16 + FP8, ENC bert-base + ModernBERT-base, TEXT bf16 + FP8, RERANK Qwen3-0.6B yes/no),
-# then the other GPU tests. Each stage runs under its own time limit, cut to what is left of one overall budget, so a
-# hang costs its own stage only.
+# benchmarks (DEC Qwen3-0.6B bf16 + FP8 and its kernel profile, ENC bert-base + ModernBERT-base, TEXT bf16 + FP8,
+# RERANK Qwen3-0.6B yes/no), the encoders' kernel profiles, then the other GPU tests. Each stage runs under its own
+# time limit, cut to what is left of one overall budget, so a hang costs its own stage only.
 #
 #   bash bench/device_check.sh
 #
@@ -63,6 +63,9 @@ info = bench_core.probe()
 try:
     from torch.nn.attention.varlen import varlen_attn
     info["varlen_signature"] = str(inspect.signature(varlen_attn))
+    # embzoo passes grouped K/V heads to it unrepeated: any head-count check it makes shows here
+    code = [l.strip() for l in inspect.getsource(varlen_attn).splitlines()]
+    info["varlen_head_checks"] = [l for l in code if "heads" in l and l.startswith(("if ", "num_heads"))]
 except ImportError as e:
     info["varlen_signature"] = repr(e)
 info["backends bf16 causal"] = available_backends("cuda", torch.bfloat16, {"causal"})
@@ -96,6 +99,7 @@ run_all() {
     stage versions 40 python -c "$VERSIONS"
     stage "gpu tests: decoder" 120 "${PYTEST[@]}" tests/test_gpu.py -k decoder --junitxml="$OUT/pytest_decoder.xml"
     stage "bench DEC" 200 "${BENCH[@]}" --workloads dec --fp8 --out "$OUT/dec.json"
+    stage "profile DEC" 45 python bench/profile_kernels.py --model qwen3-0.6b ${SMOKE:+--smoke}
     stage "bench ENC" 110 "${BENCH[@]}" --workloads enc --models bert-base modernbert-base --out "$OUT/enc.json"
     if [[ -f $TOK/tokenizer.json ]]; then
         stage "bench TEXT" 120 "${BENCH[@]}" --workloads text --fp8 --tokenizer "$TOK" --out "$OUT/text.json"
@@ -104,6 +108,7 @@ run_all() {
         STATUS+=("$(printf '%-22s skipped (no %s)' "bench TEXT" "$TOK")")
     fi
     stage "bench RERANK" 60 "${BENCH[@]}" --workloads rerank --out "$OUT/rerank.json"
+    stage "profile ENC" 60 bash -c "for m in bert-base modernbert-base; do python bench/profile_kernels.py --model \$m ${SMOKE:+--smoke}; done"
     stage "gpu tests: the rest" 240 "${PYTEST[@]}" -k "not decoder" --junitxml="$OUT/pytest_rest.xml"
 
     echo

@@ -112,6 +112,8 @@ class ArchConfig:
             raise UnsupportedConfig(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.norm_weight_offset and self.norm != "rms":
             raise UnsupportedConfig("norm_weight_offset applies to RMSNorm only (norm='rms')")
+        if self.qk_norm == "head" and self.norm != "rms":
+            raise UnsupportedConfig("qk_norm='head' (per-head q/k norms) is an RMSNorm: it needs norm='rms'")
         if self.head_dim == 0:
             if self.hidden_size % self.num_heads:
                 raise UnsupportedConfig(

@@ -414,6 +414,11 @@ def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size, enable
     return dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
 
 
+def fake_varlen_before_gqa_flag(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, window_size):
+    """torch 2.11's varlen_attn: no enable_gqa, grouped K/V heads passed through to the flash kernel."""
+    return dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale)
+
+
 def fake_flash(q, k, v, cu_q, cu_k, max_q, max_k, *, softmax_scale, causal, window_size, softcap, alibi_slopes):
     assert not causal and window_size == (-1, -1) and alibi_slopes is None
     return dense_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, softcap)
@@ -428,12 +433,31 @@ def test_key_prefix_compact_stream_for_varlen_kernels(monkeypatch, backend, gqa,
 
     cpu_ok = dataclasses.replace(attn_mod._SPECS[backend], cuda_only=False, half_only=False)
     monkeypatch.setitem(attn_mod._SPECS, backend, cpu_ok)
-    monkeypatch.setattr(attn_mod, "_varlen_api", lambda: (fake_varlen, gqa))
+    kernel = fake_varlen if gqa else fake_varlen_before_gqa_flag
+    monkeypatch.setattr(attn_mod, "_varlen_api", lambda: (kernel, gqa))
     monkeypatch.setattr(attn_mod, "_flash_varlen_func", lambda: fake_flash)
     shape, keys = case
     feats = {"softcap": 0.8, "scale": 0.4} if backend == "flash" else {"scale": 0.4}
     out, ref = run_case(backend, shape, feats, key_lengths=keys)
     assert (out.double() - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("gqa", [True, False], ids=["enable_gqa", "torch-2.11"])
+def test_varlen_never_repeats_kv_heads(monkeypatch, gqa):
+    """GQA is the flash kernel's: K/V reach it with their own heads (repeating them cost two copies per layer)."""
+    import dataclasses
+
+    kernel, heads = fake_varlen if gqa else fake_varlen_before_gqa_flag, []
+    monkeypatch.setitem(
+        attn_mod._SPECS, "varlen", dataclasses.replace(attn_mod._SPECS["varlen"], cuda_only=False, half_only=False)
+    )
+    monkeypatch.setattr(
+        attn_mod,
+        "_varlen_api",
+        lambda: (lambda q, k, *a, **kw: heads.append(k.shape[1]) or kernel(q, k, *a, **kw), gqa),
+    )
+    out, ref = run_case("varlen", ((5, 1, 17, 3), 4, 2, 8), {"scale": 0.4})
+    assert heads == [2] and (out.double() - ref).abs().max().item() <= 1e-5
 
 
 def test_key_stream_is_built_once_per_forward():

@@ -26,6 +26,7 @@ def test_round_trip_and_derived_head_dim():
         ({"activation": "mish"}, r"ArchConfig.activation='mish'; allowed"),
         ({"num_heads": 3}, "not divisible"),
         ({"num_layers": 0}, "num_layers must be >= 1"),
+        ({"qk_norm": "head"}, "needs norm='rms'"),
     ],
 )
 def test_invalid_values_are_rejected(changes, message):

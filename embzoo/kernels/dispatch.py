@@ -57,15 +57,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def use_triton(x: torch.Tensor) -> bool:
-    """Whether the Triton implementation should handle `x`; raises if "triton" is forced but cannot run.
+def use_triton(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether the Triton implementation should handle `x` (and the other tensor inputs, None = absent);
+    raises if "triton" is forced but cannot run.
 
-    The Triton kernels have no backward: where autograd needs x's gradient, "auto" takes the reference.
+    The Triton kernels have no backward: where autograd needs a gradient of any input, "auto" takes the reference.
     """
     name = current()
     if name == "reference":
         return False
-    needs_grad = x.requires_grad and torch.is_grad_enabled()
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others))
     if name == "auto":
         return x.is_cuda and HAS_TRITON and not needs_grad
     if needs_grad:

@@ -90,7 +90,8 @@ if HAS_TRITON:
         )
 
 
-def _check_args(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+def check_rotary_args(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Raise ValueError unless x is a floating [T, H, d] and cos/sin are floating tables [T, r/2] with r <= d."""
     if x.dim() != 3 or not x.is_floating_point():
         raise ValueError(f"x must be a 3-D floating tensor [tokens, heads, head_dim], got {x.dtype} {tuple(x.shape)}")
     if cos.dim() != 2 or cos.shape != sin.shape or not (cos.is_floating_point() and sin.is_floating_point()):
@@ -111,7 +112,7 @@ def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     With x1 = x[..., :r/2], x2 = x[..., r/2:r]: x1 <- x1*cos - x2*sin, x2 <- x2*cos + x1*sin (in fp32);
     dims r..d are left untouched.
     """
-    _check_args(x, cos, sin)
+    check_rotary_args(x, cos, sin)
     half = cos.shape[1]
     if x.numel() == 0 or half == 0:
         return x
@@ -128,7 +129,7 @@ def rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def rotary_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Triton rotate-half rotary, in place: x [T, H, d] fp32/fp16/bf16 (any strides), cos/sin fp32 [T, r/2] -> x."""
-    _check_args(x, cos, sin)
+    check_rotary_args(x, cos, sin)
     cos = cos.to(device=x.device, dtype=torch.float32)
     sin = sin.to(device=x.device, dtype=torch.float32)
     _rotary_op(x, cos, sin)

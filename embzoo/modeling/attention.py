@@ -503,15 +503,11 @@ def _varlen(
     max_seqlen: int,
     o: _Options,
 ) -> torch.Tensor:
-    """torch varlen_attn; causal is window_size (-1, 0), GQA via enable_gqa or repeated K/V heads."""
+    """torch varlen_attn; causal is window_size (-1, 0). GQA is the flash kernel's own (K/V heads shared by query
+    head groups, never repeated): torch>=2.13 asks for enable_gqa; before, varlen_attn passes the heads through."""
     varlen_attn, has_gqa = _varlen_api()
     k, v, cu_k, max_k = _keys_values(k, v, cu_seqlens, max_seqlen, o.key_lengths)
-    kwargs = {}
-    if k.shape[1] != q.shape[1]:
-        if has_gqa:
-            kwargs["enable_gqa"] = True
-        else:
-            k, v = _repeat_kv(k, q.shape[1], 1), _repeat_kv(v, q.shape[1], 1)
+    kwargs = {"enable_gqa": True} if has_gqa and k.shape[1] != q.shape[1] else {}
     return varlen_attn(q, k, v, cu_seqlens, cu_k, max_seqlen, max_k, scale=o.scale, window_size=o.window, **kwargs)
 
 

@@ -4,6 +4,7 @@ post-norm (BERT, NomicBert, GTE, jina-v2):  h = norm_attn(h + attn(h));  h = nor
 pre-norm (ModernBERT, Llama, Qwen):         h = h + attn(norm_attn(h));  h = h + mlp(norm_mlp(h))
 sandwich (Gemma2/3):  h = h + norm_attn_out(attn(norm_attn(h)));  h = h + norm_mlp_out(mlp(norm_mlp(h)))
 
+Each residual add that feeds a norm runs fused with it (layers.add_norm: one pass, the norm modules keep the weights).
 Given TokenRows, a block returns the states of those rows only: keys and values come from every token, the rest
 (queries, attention output, residuals, MLP, norms) runs for the rows alone.
 """
@@ -19,7 +20,7 @@ from embzoo import kernels
 from embzoo.config import ArchConfig
 from embzoo.modeling.attention import attention
 from embzoo.modeling.batch import TokenRows
-from embzoo.modeling.layers import Linear, make_activation, make_norm
+from embzoo.modeling.layers import Linear, add_norm, make_activation, make_norm
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class LayerContext:
 
 class SelfAttention(nn.Module):
     """qkv weight rows are [H query heads; Hkv key heads; Hkv value heads] (GQA when Hkv < H), each
-    head_dim wide; q/k norms (qk_norm) come before rotary, which is applied in place. h [T, D] -> [T, D], or
-    [R, D] for the queries of `rows` only."""
+    head_dim wide; q/k norms (qk_norm) come before rotary. Per-head norms and rotary run fused in
+    kernels.head_norm_rotary (q_norm / k_norm only hold its weights). h [T, D] -> [T, D], or [R, D] for the
+    queries of `rows` only."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
@@ -55,18 +57,20 @@ class SelfAttention(nn.Module):
         cfg, tokens = self.cfg, h.shape[0]
         qkv, (nq, nk, _) = self.qkv(h), self.sizes
         q = qkv[:, :nq] if rows is None else qkv[rows.index, :nq]
-        k, v = qkv[:, nq : nq + nk], qkv[:, nq + nk :]  # slices, not split(): rotary is in place
+        k, v = qkv[:, nq : nq + nk], qkv[:, nq + nk :]
         if cfg.qk_norm == "vector":  # over the whole q (and k) vector, all heads together
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(q.shape[0], cfg.num_heads, cfg.head_dim)
         k = k.view(tokens, cfg.num_kv_heads, cfg.head_dim)
         v = v.view(tokens, cfg.num_kv_heads, cfg.head_dim)
-        if cfg.qk_norm == "head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        if ctx.rotary is not None:
-            cos, sin = ctx.rotary
-            kernels.rotary(q, *((cos, sin) if rows is None else (cos[rows.index], sin[rows.index])))
-            kernels.rotary(k, cos, sin)
+        if cfg.qk_norm == "head" or ctx.rotary is not None:
+            # one pass per tensor: strided view in, norm (per head) and rotary in fp32, contiguous out
+            q_weight, k_weight = (self.q_norm.weight, self.k_norm.weight) if cfg.qk_norm == "head" else (None, None)
+            cos, sin = ctx.rotary or (None, None)
+            q_cos, q_sin = (cos, sin) if rows is None or cos is None else (cos[rows.index], sin[rows.index])
+            eps, offset = cfg.norm_eps, cfg.norm_weight_offset
+            q = kernels.head_norm_rotary(q, q_weight, eps, offset, q_cos, q_sin)
+            k = kernels.head_norm_rotary(k, k_weight, eps, offset, cos, sin)
         a = attention(
             q,
             k,
@@ -86,21 +90,22 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """down(act(up h)); gated: up yields [gate; up] (2 × intermediate) and down(act(gate) * up)."""
+    """down(act(up h)); gated: up yields [gate; up] (2 × intermediate) and down(act(gate) * up), the gating
+    fused in kernels.gated_act (fp32 inside, one rounding)."""
 
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         self.gated = cfg.mlp_gated
+        self.activation = cfg.activation
         width = cfg.intermediate_size * (2 if cfg.mlp_gated else 1)
         self.up = Linear(cfg.hidden_size, width, bias=cfg.mlp_bias and cfg.mlp_up_bias)
-        self.act = make_activation(cfg)
+        self.act = None if cfg.mlp_gated else make_activation(cfg)
         self.down = Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if not self.gated:
             return self.down(self.act(self.up(h)))
-        gate, up = self.up(h).chunk(2, dim=-1)
-        return self.down(self.act(gate) * up)
+        return self.down(kernels.gated_act(self.up(h), self.activation))
 
 
 class Block(nn.Module):
@@ -121,8 +126,8 @@ class Block(nn.Module):
         """h [T, D] -> [T, D], or [R, D]: the states of `rows` only."""
         kept = h if rows is None else h[rows.index]
         if self.pre_norm:
-            h = kept + self.norm_attn_out(self.attn(self.norm_attn(h), ctx, rows))
-            return h + self.norm_mlp_out(self.mlp(self.norm_mlp(h)))
-        a = self.norm_attn(kept + self.attn(h, ctx, rows))
-        h = a if self.norm_attn2 is None else self.norm_attn2(kept + a)
-        return self.norm_mlp(h + self.mlp(h))
+            x, h = add_norm(self.norm_mlp, self.norm_attn_out(self.attn(self.norm_attn(h), ctx, rows)), kept)
+            return h + self.norm_mlp_out(self.mlp(x))
+        a, _ = add_norm(self.norm_attn, self.attn(h, ctx, rows), kept)
+        h = a if self.norm_attn2 is None else add_norm(self.norm_attn2, a, kept)[0]
+        return add_norm(self.norm_mlp, self.mlp(h), h)[0]

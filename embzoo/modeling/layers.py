@@ -1,4 +1,5 @@
-"""Norm and activation factories: one place maps ArchConfig choices to torch modules; the blocks' Linear."""
+"""Norm and activation factories: one place maps ArchConfig choices to torch modules; the blocks' fused residual
+add + norm and Linear."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embzoo import kernels
 from embzoo.config import ArchConfig
 
 ACTIVATIONS = {  # ArchConfig.activation names (and "tanh", for classification heads) → module
@@ -43,6 +45,20 @@ def make_norm(cfg: ArchConfig, size: int = 0, layer: bool = False) -> nn.Module:
             return OffsetRMSNorm(size, cfg.norm_eps, cfg.norm_weight_offset)
         return nn.RMSNorm(size, eps=cfg.norm_eps)
     return nn.LayerNorm(size, eps=cfg.norm_eps, bias=cfg.norm_bias)
+
+
+def add_norm(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(residual + x), residual + x) for x, residual [T, D] of one dtype: the norms make_norm builds run fused
+    (kernels.add_norm, reading the module's weight, bias and eps); any other module (e.g. a wrapper an adapter library
+    put in its place) runs as the add, then its forward."""
+    if isinstance(norm, OffsetRMSNorm):
+        return kernels.add_norm(x, residual, norm.weight, None, norm.eps, "rms", norm.offset)
+    if isinstance(norm, nn.RMSNorm):
+        return kernels.add_norm(x, residual, norm.weight, None, norm.eps, "rms", 0.0)
+    if isinstance(norm, nn.LayerNorm):
+        return kernels.add_norm(x, residual, norm.weight, norm.bias, norm.eps, "layer", 0.0)
+    summed = residual + x
+    return norm(summed), summed
 
 
 def make_activation(cfg: ArchConfig) -> nn.Module:

@@ -7,6 +7,7 @@ import pytest
 from conftest import assert_parity, ragged_ids, variant_output
 from transformers import Gemma2Config, Gemma2Model, Gemma3ForCausalLM, Gemma3TextConfig, Gemma3TextModel
 
+import embzoo.kernels as K
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import gemma2
 from embzoo.conversion.load import load_backbone
@@ -201,6 +202,15 @@ def test_backbone_matches_transformers(make_checkpoint, model_cls, config, varia
     got = assert_parity(ours, ref, seqs)
     for changes in variants:
         assert (variant_output(ours, seqs, **changes) - got).abs().max() > 1e-3, changes
+
+
+def test_gemma3_through_triton_kernels_matches_transformers(make_checkpoint):
+    """Gemma 3's (1 + w) per-head q/k norms and rotary fused in the Triton kernel (interpreter) keep fp32 parity."""
+    model_cls, config, _ = MODELS[1].values
+    folder, ref = make_checkpoint(model_cls, config, noise=NOISE)
+    ours, _ = load_backbone(read_snapshot(folder))
+    with K.use("triton"):
+        assert_parity(ours, ref, ragged_ids(LENGTHS, config.vocab_size))
 
 
 def test_gemma3_causal_lm_checkpoint_loads_as_embedder(make_checkpoint):

@@ -20,6 +20,7 @@ from transformers import (
     Qwen3Model,
 )
 
+import embzoo.kernels as K
 from embzoo.config import UnsupportedConfig
 from embzoo.conversion.families import llama
 from embzoo.conversion.load import load_backbone
@@ -204,6 +205,16 @@ def test_backbone_matches_transformers(make_checkpoint, model_cls, config, varia
     got = assert_parity(ours, ref, seqs)
     for changes in variants:
         assert (variant_output(ours, seqs, **changes) - got).abs().max() > 1e-3, changes
+
+
+@pytest.mark.parametrize("model_cls, config", [MODELS[0].values[:2], MODELS[-1].values[:2]], ids=["qwen3", "llama"])
+def test_backbone_through_triton_kernels_matches_transformers(make_checkpoint, model_cls, config):
+    """The fused per-head q/k norm + rotary kernel (Qwen3) and rotary alone (Llama), run by the Triton
+    interpreter, keep fp32 parity."""
+    folder, ref = make_checkpoint(model_cls, config, noise=NOISE)
+    ours, _ = load_backbone(read_snapshot(folder))
+    with K.use("triton"):
+        assert_parity(ours, ref, ragged_ids(LENGTHS, config.vocab_size))
 
 
 def test_bidirectional_flag_reaches_config_json(make_checkpoint):

@@ -1,8 +1,8 @@
-"""Where a DEC batch's GPU time goes: the Qwen3-0.6B-shaped embzoo Backbone (random bf16 weights) on the
-first token-budget batches of the DEC workload, under torch.profiler; prints the top CUDA kernels and the
-share of GEMM, attention, Triton and other (elementwise, norms, copies) kernels, and host vs device time.
+"""Where a packed batch's GPU time goes: an embzoo Backbone of a benchmarked shape (random bf16 weights) on the first
+token-budget batches of its workload (DEC for the Qwen3-0.6B shape, ENC for the encoders), under torch.profiler;
+prints the top CUDA kernels and the share of GEMM, attention, Triton and other (elementwise, norms, copies) kernels.
 
-    python bench/profile_dec.py [--batch-tokens 32768] [--batches 3]
+    python bench/profile_kernels.py [--model qwen3-0.6b|bert-base|modernbert-base] [--batch-tokens 32768] [--batches 3]
 """
 
 from __future__ import annotations
@@ -12,17 +12,37 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import DEC, QWEN3_06B, SMOKE  # noqa: E402
+from bench_core import FULL, QWEN3_06B, SMOKE, Setup, Workload  # noqa: E402
 
-from embzoo.conversion.families import llama  # noqa: E402
+from embzoo.config import ArchConfig  # noqa: E402
+from embzoo.conversion.families import bert, llama, modernbert  # noqa: E402
 from embzoo.modeling.backbone import Backbone  # noqa: E402
 from embzoo.modeling.batch import PackedBatch  # noqa: E402
 from embzoo.packing import token_budget_batches  # noqa: E402
+
+
+def _transformers_config(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A transformers config class's defaults (the protocol's base sizes) with overrides, as a config.json dict."""
+    import transformers
+
+    return getattr(transformers, name)(**overrides).to_dict()
+
+
+def arch(model: str, setup: Setup) -> tuple[ArchConfig, Workload]:
+    """The model's ArchConfig through its family's translation, and its workload."""
+    if model == "qwen3-0.6b":
+        hf = QWEN3_06B | setup.qwen | {"model_type": "qwen3", "max_position_embeddings": 32768}
+        return llama.to_arch(hf), setup.dec
+    if model == "bert-base":
+        return bert.to_arch(_transformers_config("BertConfig", setup.bert)), setup.enc
+    return modernbert.to_arch(_transformers_config("ModernBertConfig", setup.bert)), setup.enc
+
 
 CATEGORIES = (  # kernel-name substrings → category, first match wins; the rest are embzoo's Triton kernels
     ("attention", ("flash", "fmha", "attention", "attn")),
@@ -39,14 +59,14 @@ def category(name: str) -> str:
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=("qwen3-0.6b", "bert-base", "modernbert-base"), default="qwen3-0.6b")
     ap.add_argument("--batch-tokens", type=int, default=32768)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: checks the script")
     args = ap.parse_args()
-    device, dtype, shape, work = (
-        ("cpu", torch.float32, SMOKE.qwen, SMOKE.dec) if args.smoke else ("cuda", torch.bfloat16, {}, DEC)
-    )
-    cfg = llama.to_arch(QWEN3_06B | shape | {"model_type": "qwen3", "max_position_embeddings": 32768})
+    setup = SMOKE if args.smoke else FULL
+    device, dtype = setup.device, setup.dtype
+    cfg, work = arch(args.model, setup)
     torch.manual_seed(0)
     with torch.device(device):
         model = Backbone(cfg).to(dtype).eval()
@@ -76,7 +96,8 @@ def main() -> None:
                 event.self_device_time_total if device == "cuda" else event.self_cpu_time_total
             ) / 1e3
     total = sum(kernels.values())
-    print(f"{len(batches)} batches, {tokens} tokens, wall {wall * 1e3:.1f} ms (profiled), GPU kernels {total:.1f} ms")
+    head = f"{args.model}: {len(batches)} {work.name.upper()} batches, {tokens} tokens"
+    print(f"{head}, wall {wall * 1e3:.1f} ms (profiled), GPU kernels {total:.1f} ms")
     shares = defaultdict(float)
     for name, ms in kernels.items():
         shares[category(name)] += ms
