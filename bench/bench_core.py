@@ -213,48 +213,63 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@dataclass(frozen=True)
+class Case:
+    """One system to time: a call that does the whole workload once, its weights (bytes) and its record's tags."""
+
+    fn: Callable[[], Any]
+    weights: int
+    tags: dict[str, Any]
+
+
 def measure(
     report: Report,
-    fn: Callable[[], Any],
+    cases: Sequence[Case],
     *,
     device: str,
     repeats: int,
     tokens: int,
     flops: int,
-    weights: int,
     pairs: int = 0,
     **tags,
-) -> dict:
-    """One warm-up call, then `repeats` timed calls; the best is reported (and pairs/s where `pairs` is given:
-    RERANK). On CUDA, peak_gib is the most memory the calls took above what was allocated before them, plus
-    `weights` (this system's weights, bytes)."""
-    cuda = device == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    fn()
-    sync(device)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        seconds.append(time.perf_counter() - start)
-    best = min(seconds)
-    rec = dict(
-        tags,
-        tokens=tokens,
-        seconds=round(best, 4),
-        all_seconds=[round(s, 4) for s in seconds],
-        tok_per_s=round(tokens / best),
-        tflops=round(flops / best / 1e12, 3),
-    )
-    if pairs:
-        rec["pairs_per_s"] = round(pairs / best, 1)
-    if cuda:
-        rec["peak_gib"] = round((torch.cuda.max_memory_allocated() - before + weights) / GIB, 2)
-    return report.add(report.records, rec)
+) -> None:
+    """One warm-up call per case, then `repeats` rounds that call every case once, in forward then reverse order, so
+    that a shared machine's drifting speed falls on all cases alike; each case's best call is reported (with pairs/s
+    where `pairs` is given: RERANK). On CUDA, peak_gib is the most memory one call took above what was allocated
+    before it, plus the case's weights. Records appear once all rounds are done; a run cut short keeps only the records
+    of earlier calls, so cases are timed together only where their ratio is the result (TEXT)."""
+    seconds: list[list[float]] = [[] for _ in cases]
+    peaks = [0] * len(cases)
+    order = list(range(len(cases)))
+    for round_ in range(repeats + 1):  # round 0: warm-up
+        for i in order if round_ % 2 == 0 else order[::-1]:
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            start = time.perf_counter()
+            cases[i].fn()
+            sync(device)
+            if round_:
+                seconds[i].append(time.perf_counter() - start)
+            if device == "cuda":
+                peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated() - before)
+    for case, took, peak in zip(cases, seconds, peaks, strict=True):
+        best = min(took)
+        rec = dict(
+            tags,
+            **case.tags,
+            tokens=tokens,
+            seconds=round(best, 4),
+            all_seconds=[round(t, 4) for t in took],
+            tok_per_s=round(tokens / best),
+            tflops=round(flops / best / 1e12, 3),
+        )
+        if pairs:
+            rec["pairs_per_s"] = round(pairs / best, 1)
+        if device == "cuda":
+            rec["peak_gib"] = round((peak + case.weights) / GIB, 2)
+        report.add(report.records, rec)
 
 
 def report_parity(
@@ -488,18 +503,15 @@ def model_workload(setup: Setup, tmp: Path, report: Report, name: str) -> None:
             cases.append(("online", "hf", f"sdpa arrival bs{HF_BATCH}", hf_forward, arrival))
 
     def timed(mode, system, config, forward, batches):
+        weights = weight_bytes(hf if system == "hf" else ours)
         measure(
             report,
-            run(forward, batches),
+            [Case(run(forward, batches), weights, dict(mode=mode, system=system, config=config))],
             device=dev,
             repeats=setup.repeats,
             tokens=tokens,
             flops=flops,
-            weights=weight_bytes(hf if system == "hf" else ours),
             workload=f"{work.name} {name}",
-            mode=mode,
-            system=system,
-            config=config,
         )
 
     for case in cases:
@@ -572,22 +584,26 @@ def text_workload(setup: Setup, tmp: Path, report: Report) -> None:
             partial(fp8.encode, batch_tokens=max(setup.text_batch_tokens)),
             weight_bytes(fp8.model),
         )
-    for output in ("tensor", "numpy"):
-        for (system, config), (encode, weights) in encoders.items():
-            measure(
-                report,
+    for output in ("tensor", "numpy"):  # each output's systems timed together, alternating: they are compared
+        cases = [
+            Case(
                 partial(encode, texts, convert_to_tensor=output == "tensor", show_progress_bar=False),
-                device=dev,
-                repeats=setup.repeats,
-                tokens=tokens,
-                flops=flops,
-                weights=weights,
-                workload="text",
-                mode="offline",
-                output=output,
-                system=system,
-                config=f"{config} {output}",
+                weights,
+                dict(system=system, config=f"{config} {output}"),
             )
+            for (system, config), (encode, weights) in encoders.items()
+        ]
+        measure(
+            report,
+            cases,
+            device=dev,
+            repeats=setup.repeats,
+            tokens=tokens,
+            flops=flops,
+            workload="text",
+            mode="offline",
+            output=output,
+        )
 
 
 # ---- RERANK: one query × documents, yes/no scores from a decoder ------------------------------------
@@ -659,19 +675,17 @@ def rerank_workload(setup: Setup, tmp: Path, report: Report) -> None:
         ("hf", f"left-padded sorted bs{setup.dec.hf_batch}, full LM head", hf_scores, by_length),
     ]
     for system, config, score, batches in cases:
+        weights = weight_bytes(ours if system == "ours" else hf)
         measure(
             report,
-            request(score, batches),
+            [Case(request(score, batches), weights, dict(system=system, config=config))],
             device=dev,
             repeats=max(setup.repeats, RERANK_MIN_REPEATS),
             tokens=tokens,
             flops=flops,
-            weights=weight_bytes(ours if system == "ours" else hf),
             pairs=len(pairs),
             workload="rerank qwen3-0.6b",
             mode="offline",
-            system=system,
-            config=config,
         )
 
 
