@@ -1,4 +1,4 @@
-"""Packed-sequence kernels (unpad, pad, segment pooling, rotary, per-head norm + rotary, residual add + norm, gated
+"""Packed-sequence kernels (unpad, pad, segment pooling, per-head norm + rotary, residual add + norm, gated
 activation, MaxSim scores), dispatched to Triton or a plain-torch reference."""
 
 import torch
@@ -11,7 +11,6 @@ from embzoo.kernels.head_norm_rotary import head_norm_rotary_ref, head_norm_rota
 from embzoo.kernels.maxsim import maxsim_ref, maxsim_triton
 from embzoo.kernels.pad import pad_ref, pad_triton
 from embzoo.kernels.pooling import POOLING_MODES, segment_pool_ref, segment_pool_triton
-from embzoo.kernels.rotary import rotary_ref, rotary_triton
 from embzoo.kernels.unpad import (
     cu_seqlens_of,
     padding_offsets,
@@ -31,7 +30,6 @@ __all__ = [
     "maxsim",
     "pad",
     "padding_offsets",
-    "rotary",
     "segment_pool",
     "shift_rows",
     "unpad",
@@ -63,16 +61,6 @@ def segment_pool(
     if dispatch.use_triton(x):
         return segment_pool_triton(x, cu_seqlens, mode, skip)
     return segment_pool_ref(x, cu_seqlens, mode, skip)
-
-
-def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half (NeoX) rotary in place on the first r = 2 * cos.shape[1] dims of every head; returns x.
-
-    x [T, H, d] fp32/fp16/bf16 (e.g. q or k unbound from a fused [T, 3, H, d] projection), cos/sin fp32 [T, r/2].
-    """
-    if dispatch.use_triton(x):
-        return rotary_triton(x, cos, sin)
-    return rotary_ref(x, cos, sin)
 
 
 def maxsim(

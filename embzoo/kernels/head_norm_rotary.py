@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch.library import triton_op, wrap_triton
 
 from embzoo.kernels.dispatch import HAS_TRITON
-from embzoo.kernels.rotary import check_rotary_args
 
 if HAS_TRITON:
     import triton
@@ -167,8 +166,18 @@ def _check_args(
         )
     if (cos is None) != (sin is None):
         raise ValueError("cos and sin must both be given (rotary) or both be None (no rotary)")
-    if cos is not None:
-        check_rotary_args(x, cos, sin)
+    if cos is None:
+        return
+    if cos.dim() != 2 or cos.shape != sin.shape or not (cos.is_floating_point() and sin.is_floating_point()):
+        raise ValueError(
+            f"cos and sin must be floating tensors of the same 2-D shape [tokens, rotary_dim / 2], "
+            f"got {cos.dtype} {tuple(cos.shape)} and {sin.dtype} {tuple(sin.shape)}"
+        )
+    if cos.shape[0] != x.shape[0] or 2 * cos.shape[1] > x.shape[2]:
+        raise ValueError(
+            f"cos/sin of shape {tuple(cos.shape)} do not fit x of shape {tuple(x.shape)}: "
+            f"need {x.shape[0]} rows and at most {x.shape[2] // 2} columns"
+        )
 
 
 def head_norm_rotary_ref(

@@ -167,6 +167,10 @@ def test_rejects_bad_arguments(impl: str) -> None:
         K.head_norm_rotary(x, None, EPS, 0.0, cos, None)
     with K.use(impl), pytest.raises(ValueError, match="do not fit"):
         K.head_norm_rotary(torch.zeros(5, 2, 8), None, EPS, 0.0, cos, sin)
+    with K.use(impl), pytest.raises(ValueError, match="same 2-D shape"):
+        K.head_norm_rotary(x, None, EPS, 0.0, cos, sin[:, :2])
+    with K.use(impl), pytest.raises(ValueError, match="do not fit"):
+        K.head_norm_rotary(torch.zeros(4, 2, 6), None, EPS, 0.0, cos, sin)
 
 
 def test_op_schema() -> None:
