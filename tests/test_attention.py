@@ -26,6 +26,7 @@ SHAPES = [
     ((23,), 4, 2, 16),
     ((1, 1, 9, 1), 4, 1, 8),
     ((3, 0, 6), 4, 2, 16),
+    ((4, 4, 4, 2, 2, 7, 0, 0, 3), 4, 2, 8),  # runs of equal lengths (the CPU's unpadded path batches each run)
 ]
 
 FEATURES = {
@@ -570,7 +571,7 @@ def test_per_forward_masks_are_freed_with_the_batch(backend):
     q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
     with torch.inference_mode():
         cu = cu.clone()
-        for window in ((1, 1), None):
+        for window in ((1, 1), (2, -1)):
             attention(q, k, v, cu, 5, window=window, backend=backend)
     slots = [slot for slot, hit in attn_mod._PER_BATCH.items() if hit[1][0][0]() is cu]
     assert len(slots) == 2  # one per window
@@ -587,6 +588,7 @@ ROW_CHOICES = {
     SHAPES[1][0]: [0, 7, 22],
     SHAPES[2][0]: [1, 10, 2, 11],
     SHAPES[3][0]: [2, 3, 8],
+    SHAPES[4][0]: [0, 5, 13, 20, 25],
 }
 
 
@@ -621,3 +623,16 @@ def test_rows_take_the_dense_path_whatever_the_backend():
         attention(q[rows.index], k, v, cu, 5, backend="varlen", rows=rows)
     with pytest.raises(ValueError, match=r"q \[R=4, H, d\]"):
         attention(q, k, v, cu, 5, rows=rows)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_sdpa_without_a_mask_feature_builds_no_padded_layout(causal):
+    """On the CPU, plain and causal calls run each run of equal-length sequences unpadded: no padding index or mask
+    is built (the masked features still build theirs, as the test above shows)."""
+    q, k, v, cu, _ = make_inputs((4, 4, 2, 0, 5), 4, 2, 8)
+    with torch.inference_mode():
+        cu = cu.clone()
+        out = attention(q, k, v, cu, 5, causal=causal, backend="sdpa")
+        assert not [slot for slot, hit in attn_mod._PER_BATCH.items() if hit[1][0][0]() is cu]
+    ref = naive_attention(q, k, v, (4, 4, 2, 0, 5), causal=causal)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
