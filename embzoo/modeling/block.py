@@ -4,7 +4,8 @@ post-norm (BERT, NomicBert, GTE, jina-v2):  h = norm_attn(h + attn(h));  h = nor
 pre-norm (ModernBERT, Llama, Qwen):         h = h + attn(norm_attn(h));  h = h + mlp(norm_mlp(h))
 sandwich (Gemma2/3):  h = h + norm_attn_out(attn(norm_attn(h)));  h = h + norm_mlp_out(mlp(norm_mlp(h)))
 
-Each residual add that feeds a norm runs fused with it (layers.add_norm: one pass, the norm modules keep the weights).
+Each residual add that feeds a norm of the same block runs fused with it (layers.add_norm: one pass, the norm modules
+keep the weights); a pre-norm block's last add feeds the next block's norm_attn and runs on its own.
 Given TokenRows, a block returns the states of those rows only: keys and values come from every token, the rest
 (queries, attention output, residuals, MLP, norms) runs for the rows alone.
 """
