@@ -81,7 +81,7 @@ def warn_truncated(truncated: int, total: int, items: str, how: str) -> None:
 
 class TextTokenizer:
     """Batched tokenization (the Rust tokenizer's thread pool), special tokens added, truncation to
-    max_length tokens; callers report truncation once per call with warn_truncated.
+    max_length tokens from the tokenizer's truncation side; callers report truncation once per call with warn_truncated.
 
     end_id: every sequence ends with this token id (e5-mistral's and NV-Embed's EOS): appended after
     truncating to max_length - 1, unless the tokenizer's own template already ends sequences with it
@@ -95,6 +95,7 @@ class TextTokenizer:
         special_ids: set[int],
         lowercase: bool = False,
         end_id: int | None = None,
+        side: str = "right",
     ):
         self.backend = backend
         self.backend.no_padding()
@@ -104,22 +105,23 @@ class TextTokenizer:
         if end_id is not None and backend.encode("a", add_special_tokens=True).ids[-1:] == [end_id]:
             end_id = None  # the template appends it already
         self.end_id = end_id
-        self.backend.enable_truncation(max_length=max_length - (end_id is not None))
+        self.side = side
+        self.backend.enable_truncation(max_length=max_length - (end_id is not None), direction=side)
 
     @classmethod
     def from_folder(cls, folder: Path, max_length: int, lowercase: bool = False, end_token: str = "") -> TextTokenizer:
-        """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files); end_token: the
-        token every input must end with ("" = none)."""
+        """Load the folder's tokenizer as transformers would (tokenizer.json or vocab files), truncating on its
+        truncation_side; end_token: the token every input must end with ("" = none)."""
         hf, backend = fast_tokenizer(folder)
         end_id = backend.token_to_id(end_token) if end_token else None
         if end_token and end_id is None:
             raise ValueError(f"{folder}: inputs of this model end with {end_token!r}, which its tokenizer lacks")
-        return cls(backend, max_length, set(hf.all_special_ids), lowercase, end_id)
+        return cls(backend, max_length, set(hf.all_special_ids), lowercase, end_id, hf.truncation_side)
 
     def with_max_length(self, max_length: int) -> TextTokenizer:
         """A copy that truncates to max_length tokens instead (its own backend: this tokenizer is unchanged)."""
         backend = Tokenizer.from_str(self.backend.to_str())
-        return TextTokenizer(backend, max_length, self.special_ids, self.lowercase, self.end_id)
+        return TextTokenizer(backend, max_length, self.special_ids, self.lowercase, self.end_id, self.side)
 
     def _texts(self, texts: Sequence[str]) -> list[str]:
         return [t.lower() for t in texts] if self.lowercase else list(texts)

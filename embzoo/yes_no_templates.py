@@ -2,7 +2,8 @@
 the instruction each takes, and truncation as in each model's reference code.
 
 Every template tokenizes its pieces separately, as the reference does, so the ids match the reference's
-token for token; only the query/document body is ever cut, the template around it is kept whole. `length`
+token for token; only the query/document body is ever cut (from the end, or from the start where the tokenizer's
+truncation_side is "left", as the references' tokenizer calls do), the template around it is kept whole. `length`
 is the reference's own max_length argument; `max_length` is what it makes a pair's total (template
 included, default instruction). `score_tokens()` names the LM-head rows the score is read from:
 (positive, negative) → logit(positive) − logit(negative), or (positive, None) → logit(positive).
@@ -64,6 +65,11 @@ class PromptPairs:
     def __init__(self, tokenizer: Any, length: int):
         self.tokenizer = plain_backend(tokenizer)
         self.length = length
+        self.side = tokenizer.truncation_side
+
+    def keep(self, ids: list[int], n: int) -> list[int]:
+        """At most n of ids, cut from the tokenizer's truncation side."""
+        return ids[max(len(ids) - n, 0) :] if self.side == "left" else ids[:n]
 
     @classmethod
     def sized(cls, tokenizer: Any, length: int, max_seq_length: int | None, positions: int) -> PromptPairs:
@@ -84,6 +90,12 @@ class PromptPairs:
             raise ValueError(f"the tokenizer turns {text!r} into no token; this checkpoint's tokenizer does not fit")
         return ids[0]
 
+    def cut_pair(self, first: list[int], second: list[int]) -> tuple[list[int], bool]:
+        """first + second cut to `length` tokens by shortening second (transformers' prepare_for_model with
+        truncation="only_second"); and whether anything was cut."""
+        room = self.length - len(first)
+        return first + self.keep(second, room), len(second) > room
+
     def check_length(self, budget: int, what: str) -> None:
         if budget < 8:
             raise ValueError(
@@ -93,18 +105,19 @@ class PromptPairs:
 
     def warn_truncated(self, truncated: int, total: int) -> None:
         """The one warning per call that names how many pairs were cut."""
-        how = f"longer than {self.max_length} tokens and were truncated ({self.cut})"
+        end = "start" if self.side == "left" else "end"
+        how = f"longer than {self.max_length} tokens and were truncated ({self.cut}, from the {end})"
         warn_truncated(truncated, total, "(query, document) pairs", how)
 
 
 class Qwen3RerankerPairs(PromptPairs):
     """Qwen3-Reranker: QWEN3_PREFIX + body + QWEN3_SUFFIX, the body (QWEN3_BODY with the instruction, query and
-    document) tokenized as the card's tokenizer(pairs) call does and cut on the right to length − |prefix| −
+    document) tokenized as the card's tokenizer(pairs) call does and cut (on its truncation side) to length − |prefix| −
     |suffix| tokens; `length` = the whole pair. Score l("yes") − l("no"); the card returns its sigmoid."""
 
     default_instruction = WEB_SEARCH
     activation = "sigmoid"
-    cut = "the end of each instruction + query + document body"
+    cut = "each instruction + query + document body"
 
     def __init__(self, tokenizer: Any, length: int):
         super().__init__(tokenizer, length)
@@ -113,7 +126,7 @@ class Qwen3RerankerPairs(PromptPairs):
         budget = length - len(self.prefix) - len(self.suffix)
         self.check_length(budget, "instruction, query and document")
         self.body = plain_backend(tokenizer)
-        self.body.enable_truncation(max_length=budget)
+        self.body.enable_truncation(max_length=budget, direction=self.side)
 
     def encode(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> EncodedPairs:
         instruction = self.default_instruction if instruction is None else instruction
@@ -133,13 +146,6 @@ class Qwen3RerankerPairs(PromptPairs):
         return found[0], found[1]
 
 
-def cut_pair(first: list[int], second: list[int], length: int) -> tuple[list[int], bool]:
-    """first + second cut to `length` tokens by shortening second from its end (transformers'
-    prepare_for_model with truncation="only_second"); and whether anything was cut."""
-    keep = length - len(first)
-    return first + second[:keep], len(second) > keep
-
-
 class MxbaiRerankV2Pairs(PromptPairs):
     """mxbai-rerank-v2: MXBAI_PREFIX + query part + (MXBAI_SEP + document part) + MXBAI_SEP + MXBAI_TASK +
     MXBAI_SUFFIX. The query part ("instruction: {i}" + MXBAI_SEP + "query: {q}", or "query: {q}" without an
@@ -148,7 +154,7 @@ class MxbaiRerankV2Pairs(PromptPairs):
 
     default_instruction = ""
     activation = "none"
-    cut = "queries to 3/4 of the budget, then documents from their end"
+    cut = "queries to 3/4 of the budget, then documents"
 
     def __init__(self, tokenizer: Any, length: int):
         super().__init__(tokenizer, length)
@@ -163,7 +169,7 @@ class MxbaiRerankV2Pairs(PromptPairs):
         doc_ids = self.ids([MXBAI_DOCUMENT.format(document=d) for d in documents])
         limit, ids, truncated = self.length * 3 // 4, [], 0
         for q, d in zip(query_ids, doc_ids, strict=True):
-            body, cut = cut_pair(q[:limit], self.sep + d, self.length)
+            body, cut = self.cut_pair(self.keep(q, limit), self.sep + d)
             ids.append(self.prefix + body + self.tail)
             truncated += cut or len(q) > limit
         return EncodedPairs(ids, None, truncated)
@@ -180,7 +186,7 @@ class BgeGemmaPairs(PromptPairs):
 
     default_instruction = BGE_GEMMA_PROMPT
     activation = "none"
-    cut = "queries to 3/4 of the budget, then passages from their end"
+    cut = "queries to 3/4 of the budget, then passages"
 
     def __init__(self, tokenizer: Any, length: int):
         super().__init__(tokenizer, length)
@@ -197,7 +203,7 @@ class BgeGemmaPairs(PromptPairs):
         passage_ids = self.ids([BGE_GEMMA_PASSAGE.format(passage=d) for d in documents])
         limit, ids, truncated = self.length * 3 // 4, [], 0
         for q, p in zip(query_ids, passage_ids, strict=True):
-            body, cut = cut_pair([self.bos, *q[:limit]], self.sep + p, self.length)
+            body, cut = self.cut_pair([self.bos, *self.keep(q, limit)], self.sep + p)
             ids.append(body + tail)
             truncated += cut or len(q) > limit
         return EncodedPairs(ids, None, truncated)

@@ -205,6 +205,18 @@ def test_truncation_warns_once_per_call_with_the_count(mean_model, caplog):
         assert "2 of 3 inputs were longer than 64 tokens" in records[0].getMessage()
 
 
+def test_truncation_cuts_on_the_tokenizers_truncation_side(make_checkpoint):
+    """A tokenizer_config.json with truncation_side "left" keeps the end of an over-long text, as transformers'
+    tokenizer (and so sentence-transformers) does."""
+    folder = tiny_folder(make_checkpoint, {"pooling_mode": "mean"})
+    path = folder / "tokenizer_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"truncation_side": "left"}))
+    texts = ["alpha " * 40 + "beta " * 40, "short"]
+    ours, theirs = both(folder)
+    np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
+    assert ours.tokenize(texts).ids == theirs.tokenizer(texts, truncation=True, max_length=64)["input_ids"]
+
+
 def test_single_text_token_output_and_calibrate_arguments(mean_model):
     states = mean_model.encode("hello world", output="tokens")
     assert isinstance(states, np.ndarray) and states.shape == (4, 32)

@@ -104,10 +104,13 @@ def encode(tok, text, max_length=None):
     return tok(text, add_special_tokens=False, **kw)["input_ids"]
 
 
-def only_second(first, second, max_length):
-    """transformers' prepare_for_model(first, second, truncation="only_second", max_length)."""
+def only_second(tok, first, second, max_length):
+    """transformers 4's prepare_for_model(first, second, truncation="only_second", max_length), which cut second
+    on the tokenizer's truncation_side."""
     overflow = len(first) + len(second) - max_length
-    return first + (second[: len(second) - overflow] if overflow > 0 else second)
+    if overflow <= 0:
+        return first + second
+    return first + (second[overflow:] if tok.truncation_side == "left" else second[: len(second) - overflow])
 
 
 def qwen3_reference(tok, pairs, instruction, max_length):
@@ -134,7 +137,7 @@ def mxbai_reference(tok, pairs, instruction, max_length):
             query = "".join([f"instruction: {instruction}", "\n", query])
         q_ids = encode(tok, query, max_length * 3 // 4)
         d_ids = encode(tok, f"document: {d}", max_length)
-        body = only_second(q_ids, sep + d_ids, max_length)
+        body = only_second(tok, q_ids, sep + d_ids, max_length)
         ids.append(encode(tok, MXBAI_PREFIX) + body + sep + task + encode(tok, MXBAI_SUFFIX))
     return ids, (encode(tok, "1")[0], encode(tok, "0")[0])
 
@@ -146,7 +149,7 @@ def bge_reference(tok, pairs, prompt, max_length):
     for q, p in pairs:
         q_ids = encode(tok, f"A: {q}", max_length * 3 // 4)
         p_ids = encode(tok, f"B: {p}", max_length)
-        ids.append(only_second([tok.bos_token_id] + q_ids, sep + p_ids, max_length) + sep + prompt_ids)
+        ids.append(only_second(tok, [tok.bos_token_id] + q_ids, sep + p_ids, max_length) + sep + prompt_ids)
     return ids, (encode(tok, "Yes")[0], None)
 
 
@@ -318,10 +321,15 @@ def test_prompt_text_and_instruction(tokenizer, template, instruction, text):
         ("bge_gemma", 48, [(LONG, "short"), (QUERY, "short")]),
     ],
 )
-def test_truncation_keeps_the_template_and_warns_once(checkpoint, caplog, case, body, pairs):
-    """max_seq_length counts the whole pair; the cut is the reference's at its own length argument."""
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_truncation_keeps_the_template_and_warns_once(checkpoint, caplog, case, body, pairs, side):
+    """max_seq_length counts the whole pair; the cut is the reference's at its own length argument, on the
+    tokenizer's truncation_side."""
     model_cls, config_cls, extra, recipe, reference, _ = CASES[case]
     folder, model, tok = checkpoint(model_cls, config_cls, **extra)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"truncation_side": side}))
+    tok = AutoTokenizer.from_pretrained(str(folder))
     probe = KINDS[CATALOG[recipe].reranker].template(tok, 1000)
     # the template's own tokens on top of the body (Qwen3's length is the whole pair, the others' the body)
     total = body + (len(probe.prefix + probe.suffix) if case.startswith("qwen3") else probe.max_length - probe.length)
@@ -334,8 +342,9 @@ def test_truncation_keeps_the_template_and_warns_once(checkpoint, caplog, case, 
     assert ids[1] == reference(tok, pairs[1:], None, 10_000)[0][0]  # the short pair is untouched
     with caplog.at_level(logging.WARNING, logger="embzoo"):
         scores = reranker.score(pairs, activation="none")
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("embzoo")]
     assert len(warnings) == 1 and f"1 of 2 (query, document) pairs were longer than {total}" in warnings[0].message
+    assert f"from the {'start' if side == 'left' else 'end'})" in warnings[0].message
     torch.testing.assert_close(torch.from_numpy(scores), reference_scores(model, ids, *score_ids), atol=1e-4, rtol=0)
 
 

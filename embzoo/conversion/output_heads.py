@@ -131,7 +131,9 @@ def late_interaction(
             skiplist=skiplist if role == "document" else frozenset(),
         )
         limit = lengths[role] - (marker is not None)
-        tokenizers[role] = TextTokenizer(plain_backend(hf), limit, set(hf.all_special_ids), lowercase)
+        tokenizers[role] = TextTokenizer(
+            plain_backend(hf), limit, set(hf.all_special_ids), lowercase, side=hf.truncation_side
+        )
     return LateInteraction(tokenizers, roles, expansion)
 
 
