@@ -48,6 +48,7 @@ class ArchConfig:
     positions: Positions = "absolute"  # learned table | rotary on q/k | ALiBi bias
     max_positions: int = 512  # absolute: rows of the position table; rope/alibi: longest input accepted
     position_offset: int = 0  # first position id (RoBERTa/XLM-R: padding_idx + 1)
+    position_pad_id: int | None = None  # RoBERTa/XLM-R: tokens of this id take position offset - 1 and are not counted
     embed_norm: bool = True  # norm right after the embedding sum
     embed_norm_layer: bool = False  # that norm is a LayerNorm even when `norm` is rms (GTE rms_norm)
     embed_scale: float = 1.0  # token embeddings × this, cast to the weight dtype first (Gemma: sqrt(hidden))

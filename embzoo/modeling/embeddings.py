@@ -26,10 +26,22 @@ class Embeddings(nn.Module):
         if self.cfg.embed_scale != 1.0:  # Gemma: the scale is rounded to the weight dtype first
             h = h * torch.tensor(self.cfg.embed_scale, dtype=h.dtype)
         if self.pos is not None:
-            h = h + self.pos(batch.positions + self.cfg.position_offset)
+            h = h + self.pos(self.position_rows(batch))
         if self.token_type is not None:
             # no token types given means every token is type 0 (a single segment); looked up through the module,
             # so a task LoRA on it applies
             types = batch.token_type_ids if batch.token_type_ids is not None else batch.input_ids.new_zeros(1)
             h = h + self.token_type(types)
         return self.norm(h)
+
+    def position_rows(self, batch: PackedBatch) -> torch.Tensor:
+        """Rows of the position table [T]: positions + position_offset; with position_pad_id, as RoBERTa's
+        create_position_ids_from_input_ids, a token of that id (a literal pad token in a text) takes row
+        position_offset - 1 and the tokens after it count on without it."""
+        rows = batch.positions + self.cfg.position_offset
+        if self.cfg.position_pad_id is None:
+            return rows
+        pad = batch.input_ids == self.cfg.position_pad_id
+        before = torch.cumsum(pad, 0) - pad.long()  # pad tokens ahead of each token in the stream
+        starts = torch.arange(pad.numel(), device=pad.device) - batch.positions  # each token's sequence start
+        return torch.where(pad, self.cfg.position_offset - 1, rows - (before - before[starts]))

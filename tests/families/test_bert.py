@@ -25,9 +25,9 @@ def test_to_arch_bert_and_roberta_offsets():
     base = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
     base["intermediate_size"] = 64
     b = bert.to_arch({**base, "model_type": "bert", "max_position_embeddings": 128})
-    assert (b.position_offset, b.max_positions, b.head_dim, b.activation) == (0, 128, 8, "gelu")
+    assert (b.position_offset, b.position_pad_id, b.max_positions, b.head_dim) == (0, None, 128, 8)
     r = bert.to_arch({**base, "model_type": "xlm-roberta", "pad_token_id": 1, "hidden_act": "gelu_new"})
-    assert (r.position_offset, r.activation) == (2, "gelu_tanh")
+    assert (r.position_offset, r.position_pad_id, r.activation) == (2, 1, "gelu_tanh")
 
 
 @pytest.mark.parametrize(
@@ -66,6 +66,9 @@ def test_backbone_matches_transformers(make_checkpoint, model_cls, config):
     assert head is None
     lengths = [1, 64, 7, 2, 33, 1, 17, 64, 5]
     seqs = ragged_ids(lengths, config.vocab_size)
+    # literal pad tokens inside texts: RoBERTa/XLM-R give them position padding_idx and do not count them
+    for i, j in ((1, 3), (1, 40), (4, 0), (5, 0), (8, 4)):
+        seqs[i][j] = config.pad_token_id
     expected = reference_hidden(ref, seqs, config.pad_token_id)
     batch = PackedBatch.from_sequences(seqs)
     with torch.no_grad():

@@ -83,7 +83,8 @@ def spec_logits(sd, cfg, seqs):
     pad, eps, heads = cfg["pad_token_id"], cfg["layer_norm_eps"], cfg["num_attention_heads"]
     ids, mask = padded(seqs, pad)
     keep = mask.bool()
-    positions = torch.cumsum(mask, 1) * mask + pad
+    real = (ids != pad).long()  # a literal pad token inside a text is not counted and sits at position pad
+    positions = torch.cumsum(real, 1) * real + pad
 
     def lin(x, name):
         return x @ sd[name + ".weight"].T + sd[name + ".bias"]
@@ -109,6 +110,7 @@ def spec_logits(sd, cfg, seqs):
 def test_to_arch_defaults_and_activations():
     arch = jina_xlm_roberta.to_arch(flash_config())
     assert (arch.position_offset, arch.max_positions, arch.type_vocab_size, arch.activation) == (2, 66, 1, "gelu")
+    assert arch.position_pad_id == 1
     assert arch.norm_placement == "post" and arch.norm_eps == 1e-5
     for act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
         assert jina_xlm_roberta.to_arch(flash_config(hidden_act=act)).activation == "gelu_tanh"
@@ -153,6 +155,7 @@ def test_backbone_and_head_match_transformers_and_the_remote_code(flash_checkpoi
     backbone, head = load_backbone(read_snapshot(folder))
     lengths = [3, 12, 1, 30, 64]
     seqs = ragged_ids(lengths, cfg["vocab_size"], seed=1)
+    seqs[3][5] = seqs[4][1] = cfg["pad_token_id"]  # literal pad tokens inside texts
     batch = PackedBatch.from_sequences(seqs)
     ids, mask = padded(seqs, cfg["pad_token_id"])
     with torch.no_grad():

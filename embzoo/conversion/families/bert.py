@@ -1,7 +1,8 @@
 """BERT, RoBERTa and XLM-R: learned absolute positions, post-norm, GELU MLP, biases everywhere.
 
 Quirks and the fields that encode them:
-- RoBERTa/XLM-R position ids start at padding_idx + 1 → `position_offset`.
+- RoBERTa/XLM-R position ids start at padding_idx + 1 → `position_offset`; a pad-id token inside a text takes
+  position padding_idx and is not counted (create_position_ids_from_input_ids) → `position_pad_id`.
 - Separate query/key/value tensors → one fused `attn.qkv` in the order Q, K, V.
 - Sequence-classification heads: BERT = pooler.dense → tanh → classifier; RoBERTa/XLM-R =
   classifier.dense → tanh → classifier.out_proj. Both become `head.dense` / `head.out`.
@@ -37,6 +38,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         type_vocab_size=hf.get("type_vocab_size", 2),
         max_positions=hf.get("max_position_embeddings", 512),
         position_offset=hf.get("pad_token_id", 1) + 1 if roberta else 0,
+        position_pad_id=hf.get("pad_token_id", 1) if roberta else None,
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         activation=activation,
     )

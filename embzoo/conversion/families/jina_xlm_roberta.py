@@ -50,6 +50,7 @@ def to_arch(hf: dict[str, Any]) -> ArchConfig:
         type_vocab_size=hf.get("type_vocab_size", 2),
         max_positions=hf.get("max_position_embeddings", 512),
         position_offset=pad + 1,
+        position_pad_id=pad,
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         activation=choice(hf, "hidden_act", "gelu", ACTIVATIONS, NAME),
     )
