@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, normalizers
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ def plain_backend(tokenizer: Any) -> Tokenizer:
     return backend
 
 
+def lowercase_first(backend: Tokenizer) -> None:
+    """Lowercase texts ahead of the tokenizer's own normalizer unless it lowercases already, as sentence-transformers 6
+    does for do_lower_case: special tokens written in a text ("[MASK]") stay special, unlike str.lower()."""
+    normalizer = backend.normalizer
+    steps = list(normalizer) if isinstance(normalizer, normalizers.Sequence) else [normalizer]
+    if not any(isinstance(n, normalizers.Lowercase) for n in steps):
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), *(n for n in steps if n is not None)])
+
+
 def warn_truncated(truncated: int, total: int, items: str, how: str) -> None:
     """The one warning per call that names how many of the `total` items were cut ("N of M {items} were {how}");
     logged, so never deduplicated. Every tokenizer and prompt builder reports truncation through it."""
@@ -102,6 +111,8 @@ class TextTokenizer:
         self.max_length = max_length
         self.special_ids = special_ids
         self.lowercase = lowercase
+        if lowercase:
+            lowercase_first(backend)
         if end_id is not None and backend.encode("a", add_special_tokens=True).ids[-1:] == [end_id]:
             end_id = None  # the template appends it already
         self.end_id = end_id
@@ -123,12 +134,9 @@ class TextTokenizer:
         backend = Tokenizer.from_str(self.backend.to_str())
         return TextTokenizer(backend, max_length, self.special_ids, self.lowercase, self.end_id, self.side)
 
-    def _texts(self, texts: Sequence[str]) -> list[str]:
-        return [t.lower() for t in texts] if self.lowercase else list(texts)
-
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """Token ids per text, and how many texts were truncated."""
-        encodings = self.backend.encode_batch(self._texts(texts), add_special_tokens=True)
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=True)
         ids = [e.ids for e in encodings]
         if self.end_id is not None:
             ids = [s + [self.end_id] for s in ids]
@@ -137,14 +145,14 @@ class TextTokenizer:
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text has before truncation (special tokens and the end token included)."""
         lengths = []
-        for e in self.backend.encode_batch(self._texts(texts), add_special_tokens=True):
+        for e in self.backend.encode_batch(list(texts), add_special_tokens=True):
             cut = sum(len(o.ids) - sum(o.special_tokens_mask) for o in e.overflowing)  # the pieces beyond the limit
             lengths.append(len(e.ids) + cut + (self.end_id is not None))
         return lengths
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text on its own, without special tokens (truncated like encode)."""
-        return [len(e.ids) for e in self.backend.encode_batch(self._texts(texts), add_special_tokens=False)]
+        return [len(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
     def warn_truncated(self, truncated: int, total: int) -> None:
         """The one warning per call that names how many inputs were cut."""

@@ -217,6 +217,17 @@ def test_truncation_cuts_on_the_tokenizers_truncation_side(make_checkpoint):
     assert ours.tokenize(texts).ids == theirs.tokenizer(texts, truncation=True, max_length=64)["input_ids"]
 
 
+def test_do_lower_case_lowercases_as_sentence_transformers_does(make_checkpoint):
+    """do_lower_case lowercases inside the tokenizer, ahead of its normalizer (sentence-transformers 6): a special
+    token written in a text stays one token, which lowercasing the string first would break."""
+    folder = tiny_folder(make_checkpoint, {"pooling_mode": "mean"})
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    texts = ["Hello [MASK] World", "ΟΔΟΣ ΚΑΛΟΣ", "MiXeD Case [SEP] text"]
+    ours, theirs = both(folder)
+    assert ours.tokenize(texts).ids == theirs.tokenizer(texts)["input_ids"]
+    np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
+
+
 def test_single_text_token_output_and_calibrate_arguments(mean_model):
     states = mean_model.encode("hello world", output="tokens")
     assert isinstance(states, np.ndarray) and states.shape == (4, 32)
