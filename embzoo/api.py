@@ -103,6 +103,7 @@ class Embedder:
         adapters: NamedLoRA | None = None,
         late: LateInteraction | None = None,
         max_active_dims: int | None = None,
+        truncate_dim: int | None = None,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -125,6 +126,10 @@ class Embedder:
         self.adapters = adapters
         self.late = late
         self.max_active_dims = max_active_dims  # the sparse output's default top-k (None: all weights)
+        if truncate_dim is not None and not ("sentence" in model.outputs and 1 <= truncate_dim <= model.dimension):
+            raise ValueError(f"truncate_dim {truncate_dim} needs sentence vectors of at least that length")
+        # the checkpoint's default cut (sentence-transformers' truncate_dim); settable
+        self.truncate_dim = truncate_dim
 
     @property
     def device(self) -> torch.device:
@@ -132,9 +137,9 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        """Length of the main output's vectors: the full sentence vector, a multi-vector token vector, or the
-        vocabulary (sparse)."""
-        return self.model.dimension
+        """Length of the main output's vectors as encode returns them by default: the sentence vector (cut to
+        truncate_dim where the checkpoint sets one), a multi-vector token vector, or the vocabulary (sparse)."""
+        return self.model.dimension if self.truncate_dim is None else self.truncate_dim
 
     @property
     def max_seq_length(self) -> int:
@@ -209,7 +214,9 @@ class Embedder:
         spelling) is the same as encode_query (True) or encode_document (False).
 
         dimensions truncates (Matryoshka) before normalizing; normalize=None follows the model's
-        Normalize module. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
+        Normalize module. Without dimensions, a checkpoint's truncate_dim (config_sentence_transformers.json) cuts
+        the vectors as sentence-transformers does: after the Normalize module, not re-normalized unless
+        normalize=True. int8/uint8 use int8_ranges ([2, D] min/max) or the stored ones (calibrate).
         batch_tokens: tokens per packed batch (None: 16384 on CUDA, 4096 elsewhere).
 
         task (task-LoRA models, jina-embeddings-v3): a task name, or one per text; each text runs with its task's
@@ -324,7 +331,7 @@ class Embedder:
         and normalization (finish_sentences applies them); forwarded in length-sorted token-budget batches, with
         the task's adapter and the named adapter added per batch (None: the base weights)."""
         if not inputs.ids:
-            return torch.zeros(0, self.dimension, device=self.device)
+            return torch.zeros(0, self.model.dimension, device=self.device)
         self.check_weights(task, adapter)
         run = _Pass(("sentence",), batch_tokens_for(self.device, batch_tokens), show=False)
         batches = token_budget_batches([len(s) for s in inputs.ids], run.batch_tokens)
@@ -494,7 +501,11 @@ class Embedder:
     ) -> Any:
         """Sentence vectors [N, D] (sentence_vectors) → truncated (Matryoshka), normalized, quantized, as numpy or
         a tensor, as encode returns them (same arguments)."""
-        if dimensions is not None:
+        if dimensions is None and self.truncate_dim is not None:  # sentence-transformers' cut, after its Normalize
+            if normalize is None and self.normalize:
+                vectors = F.normalize(vectors, p=2, dim=-1)
+            vectors, normalize = vectors[:, : self.truncate_dim], bool(normalize)
+        elif dimensions is not None:
             if self.matryoshka_layer_norm:  # nomic-embed v1.5's recipe: layer norm, truncate, normalize
                 vectors = F.layer_norm(vectors, (vectors.shape[-1],))
             vectors = vectors[:, :dimensions]
@@ -595,8 +606,8 @@ class Embedder:
             raise ValueError(f"unknown precision {precision!r}; allowed: {PRECISIONS}")
         if "sentence" not in names and (dimensions is not None or precision != "float32"):
             raise ValueError("dimensions and precision apply to the sentence output only")
-        if dimensions is not None and not 1 <= dimensions <= self.dimension:
-            raise ValueError(f"dimensions must be in 1..{self.dimension}, got {dimensions}")
+        if dimensions is not None and not 1 <= dimensions <= self.model.dimension:
+            raise ValueError(f"dimensions must be in 1..{self.model.dimension}, got {dimensions}")
         if max_active_dims is not None and ("sparse" not in names or max_active_dims < 1):
             raise ValueError(f"max_active_dims (a positive count) applies to the sparse output; got {max_active_dims}")
 
@@ -655,7 +666,8 @@ class Embedder:
             self.tokenizer.warn_truncated(truncated, len(texts))
         if not texts:
             return {
-                n: torch.zeros(0, self.dimension, device=self.device) if n == "sentence" else [] for n in run.outputs
+                n: torch.zeros(0, self.model.dimension, device=self.device) if n == "sentence" else []
+                for n in run.outputs
             }
         positions = np.concatenate(order)
         return {name: _restore([p[name] for p in parts], positions, len(texts)) for name in run.outputs}

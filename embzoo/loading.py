@@ -329,4 +329,4 @@ def _embedder(
         sparse=sparse,
         multivector=multivector,
     )
-    return Embedder(model, tokenizer, normalize=normalize, **recipe)
+    return Embedder(model, tokenizer, normalize=normalize, truncate_dim=pipe.truncate_dim, **recipe)

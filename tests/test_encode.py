@@ -13,6 +13,7 @@ from sentence_transformers.util import quantize_embeddings
 from transformers import BertConfig, BertModel
 
 import embzoo
+from embzoo.conversion.export import export_sentence_transformers
 
 TINY = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 TEXTS = ["hello world", "", "a longer sentence with several more words in it", "ok", "naïve café"]
@@ -226,6 +227,24 @@ def test_do_lower_case_lowercases_as_sentence_transformers_does(make_checkpoint)
     ours, theirs = both(folder)
     assert ours.tokenize(texts).ids == theirs.tokenizer(texts)["input_ids"]
     np.testing.assert_allclose(ours.encode(texts), theirs.encode(texts), atol=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_stored_truncate_dim_cuts_as_sentence_transformers_does(make_checkpoint, normalize, tmp_path):
+    """config_sentence_transformers.json's truncate_dim: the default output is cut after the Normalize module, as
+    sentence-transformers cuts it; dimensions= and normalize=True still apply; an export keeps it."""
+    folder = tiny_folder(make_checkpoint, {"pooling_mode": "mean"}, normalize=normalize, truncate_dim=12)
+    ours, theirs = both(folder)
+    assert ours.dimension == theirs.get_embedding_dimension() == 12
+    for kwargs in ({}, {"normalize_embeddings": True}):
+        ours_kw = {"normalize": True} if kwargs else {}
+        np.testing.assert_allclose(ours.encode(TEXTS, **ours_kw), theirs.encode(TEXTS, **kwargs), atol=1e-5)
+    wider = theirs.encode(TEXTS, truncate_dim=20, normalize_embeddings=normalize)  # dimensions= cuts, then normalizes
+    np.testing.assert_allclose(ours.encode(TEXTS, dimensions=20), wider, atol=1e-5)
+    assert ours.encode([]).shape == (0, 12)
+    np.testing.assert_allclose(ours.to_sentence_transformer().encode(TEXTS), theirs.encode(TEXTS), atol=1e-5)
+    export_sentence_transformers(folder, tmp_path / "copy")
+    assert embzoo.load(tmp_path / "copy", device="cpu").truncate_dim == 12
 
 
 def test_single_text_token_output_and_calibrate_arguments(mean_model):

@@ -175,7 +175,7 @@ def _unexpressible(model: Embedder, snap: Snapshot, layout: NativeLayout) -> lis
 
 def _write_modules(model: Embedder, dst: Path) -> tuple[str, ...]:
     """modules.json, sentence_bert_config.json (the Transformer's settings), the folder of each later module and
-    config_sentence_transformers.json (prompts); returns the module kinds in order."""
+    config_sentence_transformers.json (prompts, similarity, truncate_dim); returns the module kinds in order."""
     backbone = model.model.backbone
     _write_json(
         dst / "sentence_bert_config.json",
@@ -215,6 +215,8 @@ def _write_modules(model: Embedder, dst: Path) -> tuple[str, ...]:
         "default_prompt_name": model.default_prompt_name,
         "similarity_fn_name": model.origin.snapshot.pipeline.similarity_fn_name or "cosine",
     }
+    if model.truncate_dim is not None:
+        settings["truncate_dim"] = model.truncate_dim
     _write_json(dst / "config_sentence_transformers.json", settings)
     return tuple(kind for kind, _, _ in modules)
 

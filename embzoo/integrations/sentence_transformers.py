@@ -97,7 +97,7 @@ class EmbzooModule(InputModule):
 
     def get_embedding_dimension(self) -> int | None:
         """Length of the vectors (a sparse model: the vocabulary); None for a reranker."""
-        return None if self.kind == "scores" else self.loaded.dimension
+        return None if self.kind == "scores" else self.loaded.model.dimension  # ST applies truncate_dim itself
 
     def __repr__(self) -> str:
         return f"EmbzooModule({self.loaded!r})"
@@ -213,7 +213,7 @@ def sentence_transformer(embedder: Embedder) -> SentenceTransformer | SparseEnco
     if cls is MultiVectorEncoder:
         return MultiVectorEncoder(modules=[module], **options)
     modules = [module, Normalize()] if embedder.normalize else [module]
-    return SentenceTransformer(modules=modules, truncate_dim=pipe.truncate_dim, **options)
+    return SentenceTransformer(modules=modules, truncate_dim=embedder.truncate_dim, **options)
 
 
 def cross_encoder(reranker: Reranker) -> CrossEncoder:

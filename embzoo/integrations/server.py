@@ -255,8 +255,8 @@ class _Service:
         kind, items = embedding_input(req.input)
         weights = self._weights(name, model, kind, req)
         self.check_count(len(items), "input")
-        if req.dimensions is not None and req.dimensions > model.dimension:
-            why = f"dimensions must be in 1..{model.dimension} for {name}; got {req.dimensions}"
+        if req.dimensions is not None and req.dimensions > model.model.dimension:
+            why = f"dimensions must be in 1..{model.model.dimension} for {name}; got {req.dimensions}"
             raise ApiError(400, why, "dimensions")
         prompts = {"prompt_name": req.prompt_name, "prompt": req.prompt, "instruction": req.instruction}
         prompts = {k: v for k, v in prompts.items() if v is not None}
