@@ -638,6 +638,11 @@ class Embedder:
         if role is not None:
             return self.late.encode(texts, role)
         ids, cut = self.tokenizer.encode(self._full_texts(texts, prefix))
+        if empty := [t for t, seq in zip(texts, ids, strict=True) if not seq]:
+            raise ValueError(
+                f"{len(empty)} text(s) give no tokens, e.g. {empty[0]!r}: this model's tokenizer adds no special "
+                "tokens, so an empty text has nothing to embed; drop or replace such texts"
+            )
         return ModelInputs(ids, cut, skips=self._pool_skips(texts, prefix, ids))
 
     @torch.inference_mode()

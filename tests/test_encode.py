@@ -247,6 +247,19 @@ def test_stored_truncate_dim_cuts_as_sentence_transformers_does(make_checkpoint,
     assert embzoo.load(tmp_path / "copy", device="cpu").truncate_dim == 12
 
 
+def test_a_text_without_tokens_is_refused_with_what_to_do(make_checkpoint):
+    """A tokenizer that adds no special tokens turns "" into no token at all: a clear error, not a failed pack."""
+    folder = tiny_folder(make_checkpoint, {"pooling_mode": "mean"})
+    spec = json.loads((folder / "tokenizer.json").read_text())
+    (folder / "tokenizer.json").write_text(json.dumps(spec | {"post_processor": None}))
+    config = json.loads((folder / "tokenizer_config.json").read_text())  # BertTokenizer would rebuild the template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | {"tokenizer_class": "PreTrainedTokenizerFast"}))
+    model = embzoo.load(folder, device="cpu")
+    assert model.encode(["ok"]).shape == (1, 32)
+    with pytest.raises(ValueError, match=r"1 text\(s\) give no tokens, e.g. '': .* drop or replace"):
+        model.encode(["ok", ""])
+
+
 def test_single_text_token_output_and_calibrate_arguments(mean_model):
     states = mean_model.encode("hello world", output="tokens")
     assert isinstance(states, np.ndarray) and states.shape == (4, 32)
