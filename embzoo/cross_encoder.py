@@ -6,6 +6,9 @@ As sentence-transformers' CrossEncoder (6.x) and transformers compute it:
   template ([CLS] q [SEP] d [SEP] for BERT, <s> q </s></s> d </s> for XLM-R) on its truncation side;
   token-type ids (0 for the query part, 1 for the document's) only where the tokenizer returns them
   (its model_input_names), else none (the model's type row 0).
+- Prompts (config_sentence_transformers.json "prompts", "default_prompt_name", as CrossEncoder saves them): the
+  prompt is prepended to the query, the default one unless the call passes another as `instruction`; a checkpoint
+  without prompts takes no instruction.
 - One label only: CrossEncoder.rank refuses other label counts, and so does embzoo (a 2-label
   classifier's softmax is not one relevance score).
 - Default activation: the catalog entry's `activation` (the model card's output), else
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 from tokenizers import Tokenizer
 
@@ -84,11 +86,21 @@ def default_activation(snapshot: Snapshot) -> str:
 
 class PairTokenizer:
     """PairInputs of a cross-encoder: the tokenizer's own pair encoding, longest_first truncation to
-    max_length tokens (special tokens included); cross-encoders take no instruction."""
+    max_length tokens (special tokens included); the instruction is a prompt put before the query, taken only by
+    checkpoints that store prompts (default_instruction: their default prompt, "" without one; None: no prompts)."""
 
-    default_instruction = None
-
-    def __init__(self, backend: Tokenizer, max_length: int, *, type_ids: bool, side: str = "right"):
+    def __init__(
+        self,
+        backend: Tokenizer,
+        max_length: int,
+        *,
+        type_ids: bool,
+        side: str = "right",
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+    ):
+        self.prompts = dict(prompts or {})
+        self.default_instruction = self.prompts.get(default_prompt_name or "", "") if self.prompts else None
         self.backend = backend
         self.backend.no_padding()
         self.backend.enable_truncation(max_length, strategy="longest_first", direction=side)
@@ -96,15 +108,26 @@ class PairTokenizer:
         self.type_ids = type_ids
 
     @classmethod
-    def from_folder(cls, folder: Path, max_length: int) -> PairTokenizer:
-        """The folder's tokenizer as transformers loads it; type ids where its model_input_names list them."""
-        hf, backend = fast_tokenizer(folder)
-        return cls(backend, max_length, type_ids="token_type_ids" in hf.model_input_names, side=hf.truncation_side)
+    def from_snapshot(cls, snapshot: Snapshot, max_length: int) -> PairTokenizer:
+        """The snapshot's tokenizer as transformers loads it (type ids where its model_input_names list them) and
+        its sentence-transformers prompts."""
+        hf, backend = fast_tokenizer(snapshot.model_dir)
+        type_ids, pipe = "token_type_ids" in hf.model_input_names, snapshot.pipeline
+        return cls(
+            backend,
+            max_length,
+            type_ids=type_ids,
+            side=hf.truncation_side,
+            prompts=pipe.prompts,
+            default_prompt_name=pipe.default_prompt_name,
+        )
 
     def encode(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> EncodedPairs:
-        """Token ids (and type ids) of each pair (queries[i], documents[i]); instruction is unused (Reranker
-        refuses one, as default_instruction is None)."""
-        encodings = self.backend.encode_batch(list(zip(queries, documents, strict=True)), add_special_tokens=True)
+        """Token ids (and type ids) of each pair (instruction + queries[i], documents[i]); instruction None = the
+        default prompt."""
+        prefix = (self.default_instruction if instruction is None else instruction) or ""
+        pairs = [(prefix + q, d) for q, d in zip(queries, documents, strict=True)]
+        encodings = self.backend.encode_batch(pairs, add_special_tokens=True)
         return EncodedPairs(
             ids=[e.ids for e in encodings],
             type_ids=[e.type_ids for e in encodings] if self.type_ids else None,
@@ -123,6 +146,6 @@ def cross_encoder(
 ) -> Reranker:
     """A Reranker over a loaded classifier backbone + head, with the snapshot's tokenizer; activation: the
     catalog's default ("" = the snapshot's own, default_activation)."""
-    inputs = PairTokenizer.from_folder(snapshot.model_dir, max_length)
+    inputs = PairTokenizer.from_snapshot(snapshot, max_length)
     activation = activation or default_activation(snapshot)
     return Reranker(ClassifierScorer(backbone, head), inputs, activation=activation, name=name)

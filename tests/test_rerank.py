@@ -141,6 +141,28 @@ def test_stored_activation_is_the_default(make_checkpoint, tmp_path):
     assert embzoo.load(saved, device="cpu").activation == "sigmoid"
 
 
+def test_stored_prompts_prefix_queries_as_cross_encoder_does(make_checkpoint, tmp_path):
+    """A CrossEncoder saved with prompts and a default prompt: the default prefixes every query, instruction=
+    passes another prompt (CrossEncoder's prompt=); to_cross_encoder() resolves them as CrossEncoder does."""
+    from sentence_transformers import CrossEncoder
+
+    folder, _ = bert_checkpoint(make_checkpoint)
+    saved = tmp_path / "prompted"
+    prompts = {"query": "query: ", "web": "Given a web query: "}
+    CrossEncoder(str(folder), prompts=prompts, default_prompt_name="query").save(str(saved))
+    reranker, st = embzoo.load(saved, device="cpu"), CrossEncoder(str(saved), device="cpu")
+    adapter = reranker.to_cross_encoder()
+    for ours, theirs in ((reranker.score(PAIRS), st.predict(PAIRS)), (adapter.predict(PAIRS), st.predict(PAIRS))):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+    for prompt in ("", prompts["web"]):
+        theirs = st.predict(PAIRS, prompt=prompt)
+        np.testing.assert_allclose(reranker.score(PAIRS, instruction=prompt), theirs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(adapter.predict(PAIRS, prompt=prompt), theirs, atol=1e-5, rtol=0)
+    assert not np.allclose(reranker.score(PAIRS), reranker.score(PAIRS, instruction=""))
+    ranked = [r["corpus_id"] for r in st.rank(QUERY, DOCS)]
+    assert [r["index"] for r in reranker.rank(QUERY, DOCS)] == ranked
+
+
 def test_the_catalogs_activation_comes_first(make_checkpoint):
     folder, _ = bert_checkpoint(make_checkpoint)
     assert embzoo.load(folder, device="cpu").activation == "sigmoid"  # no stored activation: sentence-transformers'

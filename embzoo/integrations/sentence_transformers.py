@@ -41,6 +41,7 @@ from embzoo import kernels
 from embzoo.api import ROLE_PROMPTS, Embedder
 from embzoo.conversion.load import check_max_seq_length
 from embzoo.conversion.snapshot import PipelineSpec
+from embzoo.cross_encoder import PairTokenizer
 from embzoo.modeling.batch import PackedBatch
 from embzoo.reranker import Reranker
 from embzoo.tokenization import ModelInputs, fast_tokenizer
@@ -135,8 +136,11 @@ class EmbzooModule(InputModule):
         return features
 
     def _pair_features(self, pairs: Sequence[Sequence[str]], prompt: str) -> dict[str, torch.Tensor]:
-        queries = [prompt + str(pair[0]) for pair in pairs]
-        encoded = self.loaded.inputs.encode(queries, [str(pair[1]) for pair in pairs], None)
+        queries, documents = [str(pair[0]) for pair in pairs], [str(pair[1]) for pair in pairs]
+        if isinstance(self.loaded.inputs, PairTokenizer):  # ST resolved the prompt (its default too): exactly that
+            encoded = self.loaded.inputs.encode(queries, documents, prompt)
+        else:  # a yes/no template keeps its own default instruction; a prompt goes before the query
+            encoded = self.loaded.inputs.encode([prompt + q for q in queries], documents, None)
         self.loaded.inputs.warn_truncated(encoded.truncated, len(pairs))
         input_ids, attention_mask = _padded(encoded.ids)
         features = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -217,6 +221,14 @@ def sentence_transformer(embedder: Embedder) -> SentenceTransformer | SparseEnco
 
 
 def cross_encoder(reranker: Reranker) -> CrossEncoder:
-    """A sentence-transformers CrossEncoder running on the reranker, its activation the reranker's default."""
+    """A sentence-transformers CrossEncoder running on the reranker, its activation the reranker's default, with a
+    cross-encoder checkpoint's prompts."""
     activation = torch.nn.Sigmoid() if reranker.activation == "sigmoid" else torch.nn.Identity()
-    return CrossEncoder(modules=[EmbzooModule(reranker)], device=str(reranker.device), activation_fn=activation)
+    pipe = reranker.origin.snapshot.pipeline if reranker.origin is not None else PipelineSpec()
+    prompts = {"prompts": pipe.prompts, "default_prompt_name": pipe.default_prompt_name}
+    return CrossEncoder(
+        modules=[EmbzooModule(reranker)],
+        device=str(reranker.device),
+        activation_fn=activation,
+        **(prompts if isinstance(reranker.inputs, PairTokenizer) and pipe.prompts else {}),
+    )
