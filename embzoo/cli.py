@@ -20,7 +20,8 @@ DEMO_QUERY = "Which animal is chasing something?"
 
 
 def _read_inputs(args: argparse.Namespace) -> list[str]:
-    """The TEXT / DOC arguments, or the lines of --file (a .jsonl file: strings or {"text": ...} objects)."""
+    """The TEXT / DOC arguments, or the lines of --file: every line one text, blank ones too, so that output row i is
+    line i (a .jsonl file: strings or {"text": ...} objects, blank lines skipped)."""
     item = "DOC" if args.command == "rerank" else "TEXT"
     if args.file and args.texts:
         raise SystemExit(f"embzoo {args.command}: give {item} arguments or --file, not both")
@@ -29,10 +30,13 @@ def _read_inputs(args: argparse.Namespace) -> list[str]:
             raise SystemExit(f"embzoo {args.command}: nothing to {args.command}; give {item} arguments or --file F")
         return args.texts
     path = Path(args.file)
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise SystemExit(f"embzoo {args.command}: cannot read --file {path}: {error.strerror or error}") from None
     if path.suffix != ".jsonl":
         return lines
-    items = [json.loads(line) for line in lines]
+    items = [json.loads(line) for line in lines if line.strip()]
     return [item["text"] if isinstance(item, dict) else item for item in items]
 
 
@@ -53,7 +57,7 @@ def _load(args: argparse.Namespace):
 
     try:
         return embzoo.load(args.model, recipe=getattr(args, "recipe", None), **load_options(args))
-    except ValueError as error:  # a bad option (recipe, max length): load's message, no traceback
+    except (ValueError, SnapshotError) as error:  # a bad option or no such model: load's message, no traceback
         raise SystemExit(f"embzoo {args.command}: {error}") from None
 
 

@@ -45,9 +45,33 @@ def test_embed_file_to_npy(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+def test_text_file_rows_follow_its_lines(tmp_path):
+    """Every line of a text file is one row, a blank one too: row i of the output is line i."""
+    import embzoo
+
+    src, out = tmp_path / "in.txt", tmp_path / "out.npy"
+    src.write_text("first\n\nthird\n")
+    main(["embed", "--device", "cpu", "--file", str(src), "-o", str(out)])
+    want = embzoo.load(device="cpu").encode(["first", "", "third"])
+    np.testing.assert_allclose(np.load(out), want, atol=1e-6)
+
+
 def test_embed_without_input_explains(capsys):
     with pytest.raises(SystemExit, match="give TEXT arguments or --file"):
         main(["embed"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["embed", "--model", "./no-such-model", "x"], "embzoo embed: .*no-such-model"),
+        (["rerank", "--model", "./no-such-model", "--query", "q", "d"], "embzoo rerank: .*no-such-model"),
+        (["embed", "--file", "no-such-file.txt"], "embzoo embed: cannot read --file no-such-file.txt"),
+    ],
+)
+def test_a_missing_model_or_file_is_one_line_not_a_traceback(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main([*argv, "--device", "cpu"])
 
 
 def test_list_shows_the_catalog(capsys):
