@@ -246,7 +246,10 @@ def lookup(name: str | None) -> CatalogEntry | None:
 
 
 # config.json architectures that name one catalogued model: a local copy needs no recipe
-ARCHITECTURE_RECIPES = {"JinaForRanking": "jinaai/jina-reranker-v3"}
+ARCHITECTURE_RECIPES = {
+    "JinaForRanking": "jinaai/jina-reranker-v3",
+    "JinaEmbeddingsV3Model": "jinaai/jina-embeddings-v3",  # the transformers-native -hf layout of it
+}
 
 
 def by_architecture(config: dict) -> CatalogEntry | None:
