@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, ModernBertConfig,
 
 import embzoo
 from embzoo.conversion.inspect import inspect_checkpoint
+from embzoo.conversion.snapshot import SnapshotError
 
 TINY = dict(vocab_size=30524, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
 # GTE-ModernColBERT's backbone in small: local layers with a window wide enough for every query token to see a key
@@ -223,6 +224,25 @@ def test_stanford_colbert_matches_reference(make_checkpoint):
     st = MultiVectorEncoder(str(folder), device="cpu")
     assert_vectors(m.encode_query(QUERIES), [torch.as_tensor(v) for v in st.encode_query(QUERIES)])
     assert_vectors(m.encode_document(DOCS), [torch.as_tensor(v) for v in st.encode_document(DOCS)])
+
+
+def test_stanford_metadata_defaults_and_punctuation(make_checkpoint):
+    """ColBERTConfig's defaults where artifact.metadata is silent (documents of 220 tokens), mask_punctuation false
+    keeps punctuation in documents (MultiVectorEncoder reads it too), and a similarity other than cosine is refused."""
+    from sentence_transformers import MultiVectorEncoder
+
+    folder, model, weight = stanford_folder(make_checkpoint, {"query_maxlen": 12, "mask_punctuation": False})
+    m = embzoo.load(folder)
+    assert m.max_seq_length == 220
+    stanford = SETTINGS | {"query_prefix": "[unused0]", "document_prefix": "[unused1]", "document_length": 220}
+    texts = ["hello, world! how are you?", "a.b.c"]
+    kept = pylate_reference(folder, model, weight, texts, False, stanford | {"skiplist_words": []})
+    assert_vectors(m.encode_document(texts), kept)
+    st = MultiVectorEncoder(str(folder), device="cpu")
+    assert_vectors(m.encode_document(texts), [torch.as_tensor(v) for v in st.encode_document(texts)])
+    (folder / "artifact.metadata").write_text(json.dumps({"similarity": "l2"}))
+    with pytest.raises(SnapshotError, match="similarity 'l2'"):
+        embzoo.load(folder)
 
 
 def test_colbert_needs_a_role_and_truncates_with_one_warning(make_checkpoint, caplog):

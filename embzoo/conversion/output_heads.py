@@ -4,7 +4,8 @@ Layouts:
 - ColBERT, PyLate: a sentence-transformers folder Transformer → Dense… (no Pooling; the Dense layers project every
   token), settings in config_sentence_transformers.json (COLBERT_KEYS; PyLate's defaults where absent).
 - ColBERT, Stanford (config.json architectures ["HF_ColBERT"]): bert.* plus linear.weight [dim, hidden] (no bias)
-  in the checkpoint, settings in artifact.metadata (markers [unused0] / [unused1] by default).
+  in the checkpoint, settings in artifact.metadata (ColBERTConfig's defaults where absent: markers [unused0] /
+  [unused1], documents of 220 tokens, punctuation masked unless mask_punctuation is false; cosine similarity only).
 - BGE-M3: colbert_linear.pt {weight [D, D], bias} and sparse_linear.pt {weight [1, D], bias} beside the XLM-R
   weights (torch state dicts, read with weights_only=True). Its ColBERT vectors leave out CLS; its sparse weights
   leave out the tokenizer's special tokens (CLS, EOS, PAD, UNK).
@@ -50,7 +51,7 @@ STANFORD_KEYS = {
     "doc_maxlen": "document_length",
     "attend_to_mask_tokens": "attend_to_expansion_tokens",
 }
-STANFORD_MARKERS = {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
+STANFORD_DEFAULTS = {"query_prefix": "[unused0]", "document_prefix": "[unused1]", "document_length": 220}
 STANFORD_LINEAR = r"^linear\.weight$"
 STANFORD_RULES = [Rule(STANFORD_LINEAR, "linear.weight"), Drop(r"^(?!linear\.weight$)")]  # the projection alone
 BGE_M3_FILES = ("colbert_linear.pt", "sparse_linear.pt")
@@ -78,11 +79,16 @@ def colbert_settings(snapshot: Snapshot) -> dict[str, Any]:
     """The folder's ColBERT settings over PyLate's defaults (Stanford: artifact.metadata, its own markers)."""
     settings = dict(PYLATE_DEFAULTS)
     if is_stanford_colbert(snapshot):
-        settings |= STANFORD_MARKERS
+        settings |= STANFORD_DEFAULTS
         metadata = snapshot.model_dir / "artifact.metadata"
-        if metadata.is_file():
-            stated = read_json(metadata)
-            settings |= {ours: stated[key] for key, ours in STANFORD_KEYS.items() if stated.get(key) is not None}
+        stated = read_json(metadata) if metadata.is_file() else {}
+        settings |= {ours: stated[key] for key, ours in STANFORD_KEYS.items() if stated.get(key) is not None}
+        if stated.get("mask_punctuation") is False:
+            settings["skiplist_words"] = []
+        if stated.get("similarity", "cosine") != "cosine":
+            raise SnapshotError(
+                f"{metadata}: similarity {stated['similarity']!r}; embzoo scores ColBERT vectors by cosine MaxSim only"
+            )
     return settings | snapshot.pipeline.colbert
 
 
