@@ -148,3 +148,30 @@ def test_embzoo_folders_take_named_adapters_and_convert_adapter_sources(folders,
     for name in ADAPTERS:
         assert np.array_equal(converted.encode(TEXTS, adapter=name), source.encode(TEXTS, adapter=name))
     assert_round_trip(folders["a"], tmp_path / "a", lambda m: m.encode(TEXTS))  # a PEFT folder: its base, merged
+
+
+def test_half_precision_layers_add_the_update_in_float32_as_peft_does():
+    """Under bfloat16 weights, peft (autocast_adapter_dtype, its default) keeps the LoRA factors in float32, computes
+    the update there and rounds the sum once; so does NamedLoRA."""
+    from torch import nn
+
+    from embzoo.modeling.named_lora import NamedLoRA
+
+    torch.manual_seed(0)
+    root = nn.Sequential(nn.Linear(48, 40)).to(torch.bfloat16)
+    config = LoraConfig(target_modules=["0"], r=4, lora_alpha=16, init_lora_weights=False)
+    peft_model = get_peft_model(root, config).eval()
+    layer = peft_model.base_model.model[0]
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert a.dtype == torch.float32
+    x = torch.randn(64, 48, dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = peft_model(x)
+        plain = nn.Sequential(nn.Linear(48, 40)).to(torch.bfloat16)
+        plain[0].load_state_dict(layer.base_layer.state_dict())
+        lora = NamedLoRA(plain)
+        lora.add("x", {"0": (a.detach(), b.detach() * layer.scaling["default"])})
+        with lora.active("x"):
+            got = plain(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=0, rtol=2**-7)  # at most one bfloat16 rounding apart

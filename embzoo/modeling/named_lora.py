@@ -4,7 +4,9 @@ Each adapter holds, for the Linear layers it targets, factors a [R, in] and b [o
 update (scalings folded into b; see embzoo.conversion.peft.LoraMerge.place). Adapters may differ in rank,
 scaling and target modules: a layer an adapter does not target runs its base weight. `active(name)` adds
 (x aᵀ) bᵀ to each targeted layer's output per batch through a forward hook; `merge(name)` writes b @ a into the
-weights for good (summed in float32, cast once) and drops the adapter.
+weights for good (summed in float32, cast once) and drops the adapter. Under float16 / bfloat16 weights the factors
+stay float32 and the update is computed and added in float32, then rounded once, as peft does by default
+(autocast_adapter_dtype).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class NamedLoRA:
         return list(self.factors)
 
     def add(self, name: str, factors: Factors) -> None:
-        """Attach adapter `name`: its factors cast to each layer's weight dtype and device."""
+        """Attach adapter `name`: its factors on each layer's device, in its weight dtype or float32 if wider."""
         if name in self.factors:
             raise ValueError(f"adapter {name!r} is already loaded; loaded adapters: {self.names}")
         layers = {}
@@ -41,7 +43,7 @@ class NamedLoRA:
             module = self.root.get_submodule(path)
             if not isinstance(module, nn.Linear):
                 raise TypeError(f"adapter {name!r}: {path} is a {type(module).__name__}, not a Linear layer")
-            like = {"dtype": module.weight.dtype, "device": module.weight.device}
+            like = {"dtype": torch.promote_types(module.weight.dtype, torch.float32), "device": module.weight.device}
             layers[module] = a.to(**like), b.to(**like)
             if module not in self._hooked:
                 module.register_forward_hook(self._hook)
@@ -57,7 +59,7 @@ class NamedLoRA:
         if self.current is None or module not in self.factors[self.current]:
             return None
         a, b = self.factors[self.current][module]
-        return out + F.linear(F.linear(args[0], a), b)
+        return (out.to(a.dtype) + F.linear(F.linear(args[0].to(a.dtype), a), b)).to(out.dtype)
 
     @contextmanager
     def active(self, name: str | None) -> Iterator[None]:
