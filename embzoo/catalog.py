@@ -67,6 +67,7 @@ class CatalogEntry:
     license: str
     languages: str = "en"
     prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None  # the prompt encode uses when given none (the checkpoint's own wins)
     normalize: bool = True
     matryoshka_layer_norm: bool = False  # with `dimensions`: non-affine layer norm before truncating
     summary: str = ""
@@ -92,6 +93,10 @@ class CatalogEntry:
     colbert: bool = False  # a ColBERT model (its files say so; this marks the catalog row: per-token vectors)
 
     def __post_init__(self) -> None:
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"{self.hub_id}: default_prompt_name {self.default_prompt_name!r} names none of its prompts"
+            )
         if self.instruction_mask not in INSTRUCTION_MASKS:
             raise ValueError(f"{self.hub_id}: instruction_mask {self.instruction_mask!r}; allowed: {INSTRUCTION_MASKS}")
         if self.activation not in RERANKER_ACTIVATIONS:
@@ -160,6 +165,7 @@ def _entries() -> list[CatalogEntry]:
         template = wrap + "{instruction} "
         out.append(e(f"McGill-NLP/LLM2Vec-{base}-mntp-supervised", "llama", ("mean",), 4096, 512, "mit", "en",
                      instructed(template, WEB_SEARCH + ":", document=wrap), normalize=False,
+                     default_prompt_name="document",  # llm2vec.encode wraps every text, a plain one as a document
                      instruction_template=template, instruction_mask="text_tokens", text_suffix=suffix,
                      config_overrides={"is_causal": False},
                      summary="LLM2Vec (bidirectional, MNTP + supervised LoRA merged); mean over the text tokens only."))

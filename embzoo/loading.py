@@ -292,7 +292,7 @@ def _embedder(
     tokenizer = TextTokenizer.from_folder(snap.model_dir, limit, lowercase=pipe.do_lower_case, end_token=end_token)
     recipe = dict(
         prompts={**(entry.prompts if entry else {}), **pipe.prompts},
-        default_prompt_name=pipe.default_prompt_name,
+        default_prompt_name=pipe.default_prompt_name or (entry.default_prompt_name if entry else None),
         matryoshka_layer_norm=bool(entry and entry.matryoshka_layer_norm),
         instruction_template=entry.instruction_template if entry else "",
         instruction_mask=entry.instruction_mask if entry else "prompt",

@@ -207,6 +207,8 @@ def test_llm2vec_recipe_matches_its_input_construction(qwen3_folder, instruction
     np.testing.assert_allclose(
         vector, states[-len(hf.encode(pooled, add_special_tokens=False).ids) :].mean(0), atol=1e-5
     )
+    if not instruction:  # llm2vec.encode wraps a plain text too: no prompt given means the document's
+        np.testing.assert_allclose(m.encode(text), vector, atol=1e-6)
 
 
 def test_a_decoder_without_recipe_says_how_to_give_one(qwen3_folder, caplog):
