@@ -566,13 +566,14 @@ def test_cuda_key_prefix_matches_sdpa_bf16(backend, case, feats):
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
 def test_per_forward_masks_are_freed_with_the_batch(backend):
-    """The masks every layer of a forward shares (sdpa: B * S * S per window) go when the batch's cu_seqlens goes,
-    not at the next forward."""
+    """The masks every layer of a forward shares (sdpa: B * S * S per window; a key prefix keeps the CPU on the
+    padded path) go when the batch's cu_seqlens goes, not at the next forward."""
     q, k, v, cu, _ = make_inputs((5, 3), 2, 2, 8)
+    keys = torch.tensor([4, 3], dtype=torch.int32)
     with torch.inference_mode():
         cu = cu.clone()
         for window in ((1, 1), (2, -1)):
-            attention(q, k, v, cu, 5, window=window, backend=backend)
+            attention(q, k, v, cu, 5, window=window, key_lengths=keys, backend=backend)
     slots = [slot for slot, hit in attn_mod._PER_BATCH.items() if hit[1][0][0]() is cu]
     assert len(slots) == 2  # one per window
     del cu
@@ -625,14 +626,29 @@ def test_rows_take_the_dense_path_whatever_the_backend():
         attention(q, k, v, cu, 5, rows=rows)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_cpu_sdpa_without_a_mask_feature_builds_no_padded_layout(causal):
-    """On the CPU, plain and causal calls run each run of equal-length sequences unpadded: no padding index or mask
-    is built (the masked features still build theirs, as the test above shows)."""
-    q, k, v, cu, _ = make_inputs((4, 4, 2, 0, 5), 4, 2, 8)
+@pytest.mark.parametrize("feats", FEATURES.values(), ids=FEATURES)
+def test_cpu_sdpa_without_a_key_prefix_builds_no_padded_layout(feats):
+    """On the CPU, calls without a key prefix run each run of equal-length sequences unpadded: no padding index or
+    batch-wide mask is built (a key prefix still builds them, as the test above shows)."""
+    lengths = (4, 4, 2, 0, 5)
+    q, k, v, cu, slopes = make_inputs(lengths, 4, 2, 8)
+    slopes = slopes if feats.get("alibi") else None
+    options = {key: val for key, val in feats.items() if key != "alibi"}
     with torch.inference_mode():
         cu = cu.clone()
-        out = attention(q, k, v, cu, 5, causal=causal, backend="sdpa")
+        out = attention(q, k, v, cu, 5, alibi_slopes=slopes, backend="sdpa", **options)
         assert not [slot for slot, hit in attn_mod._PER_BATCH.items() if hit[1][0][0]() is cu]
-    ref = naive_attention(q, k, v, (4, 4, 2, 0, 5), causal=causal)
+    ref = naive_attention(q, k, v, lengths, alibi=slopes, **options)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("feats", FEATURES.values(), ids=FEATURES)
+def test_cpu_bfloat16_results_do_not_depend_on_the_batch(feats):
+    """A sequence's bfloat16 output is the same alone and packed with a longer one (the padded path rounded
+    differently as the batch's longest length changed)."""
+    q, k, v, cu, slopes = make_inputs((3, 29), 4, 2, 8, dtype=torch.bfloat16)
+    slopes = slopes if feats.get("alibi") else None
+    options = {key: val for key, val in feats.items() if key != "alibi"}
+    together = attention(q, k, v, cu, 29, alibi_slopes=slopes, backend="sdpa", **options)[:3]
+    alone = attention(q[:3], k[:3], v[:3], cu[:2], 3, alibi_slopes=slopes, backend="sdpa", **options)
+    torch.testing.assert_close(together, alone, atol=0, rtol=0)
