@@ -99,8 +99,7 @@ class PairTokenizer:
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
     ):
-        self.prompts = dict(prompts or {})
-        self.default_instruction = self.prompts.get(default_prompt_name or "", "") if self.prompts else None
+        self.default_instruction = prompts.get(default_prompt_name or "", "") if prompts else None
         self.backend = backend
         self.backend.no_padding()
         self.backend.enable_truncation(max_length, strategy="longest_first", direction=side)
