@@ -176,7 +176,9 @@ def test_saving_is_refused_naming_embzoo_export(bert_folder, tmp_path):
     st = embzoo.load(bert_folder, device="cpu").to_sentence_transformer()
     with pytest.raises(ValueError, match=f"embzoo export DST --model {bert_folder} --format sentence-transformers"):
         st.save(str(tmp_path / "saved"))
-    assert not (tmp_path / "saved" / "modules.json").exists()
+    with pytest.raises(ValueError, match="embzoo export"):
+        st.save_pretrained(str(tmp_path / "saved"))
+    assert not (tmp_path / "saved").exists()  # refused before sentence-transformers writes its own files
 
 
 def test_cross_encoder_predict_and_rank_match_sentence_transformers(make_checkpoint):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -45,6 +45,8 @@ from embzoo.cross_encoder import PairTokenizer
 from embzoo.modeling.batch import PackedBatch
 from embzoo.reranker import Reranker
 from embzoo.tokenization import ModelInputs, fast_tokenizer
+
+ST = TypeVar("ST", SentenceTransformer, SparseEncoder, MultiVectorEncoder, CrossEncoder)
 
 
 def _padded(ids: list[list[int]], rows: list[Sequence] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,11 +215,11 @@ def sentence_transformer(embedder: Embedder) -> SentenceTransformer | SparseEnco
         similarity_fn_name=similarity if similarity in cls.SUPPORTED_SIMILARITY_FN_NAMES else None,
     )
     if cls is SparseEncoder:
-        return SparseEncoder(modules=[module], max_active_dims=embedder.max_active_dims, **options)
+        return _saving_refused(SparseEncoder(modules=[module], max_active_dims=embedder.max_active_dims, **options))
     if cls is MultiVectorEncoder:
-        return MultiVectorEncoder(modules=[module], **options)
+        return _saving_refused(MultiVectorEncoder(modules=[module], **options))
     modules = [module, Normalize()] if embedder.normalize else [module]
-    return SentenceTransformer(modules=modules, truncate_dim=embedder.truncate_dim, **options)
+    return _saving_refused(SentenceTransformer(modules=modules, truncate_dim=embedder.truncate_dim, **options))
 
 
 def cross_encoder(reranker: Reranker) -> CrossEncoder:
@@ -226,9 +228,18 @@ def cross_encoder(reranker: Reranker) -> CrossEncoder:
     activation = torch.nn.Sigmoid() if reranker.activation == "sigmoid" else torch.nn.Identity()
     pipe = reranker.origin.snapshot.pipeline if reranker.origin is not None else PipelineSpec()
     prompts = {"prompts": pipe.prompts, "default_prompt_name": pipe.default_prompt_name}
-    return CrossEncoder(
+    model = CrossEncoder(
         modules=[EmbzooModule(reranker)],
         device=str(reranker.device),
         activation_fn=activation,
         **(prompts if isinstance(reranker.inputs, PairTokenizer) and pipe.prompts else {}),
     )
+    return _saving_refused(model)
+
+
+def _saving_refused(model: ST) -> ST:
+    """The model, its save and save_pretrained refusing before anything is written: sentence-transformers writes its
+    own config files first and calls each module's save after, so the module's refusal alone left a half-written
+    folder."""
+    model.save = model.save_pretrained = model[0].save
+    return model
