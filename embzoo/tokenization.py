@@ -116,7 +116,6 @@ class TextTokenizer:
         if end_id is not None and backend.encode("a", add_special_tokens=True).ids[-1:] == [end_id]:
             end_id = None  # the template appends it already
         self.end_id = end_id
-        self.side = side
         self.backend.enable_truncation(max_length=max_length - (end_id is not None), direction=side)
 
     @classmethod
@@ -132,7 +131,8 @@ class TextTokenizer:
     def with_max_length(self, max_length: int) -> TextTokenizer:
         """A copy that truncates to max_length tokens instead (its own backend: this tokenizer is unchanged)."""
         backend = Tokenizer.from_str(self.backend.to_str())
-        return TextTokenizer(backend, max_length, self.special_ids, self.lowercase, self.end_id, self.side)
+        side = self.backend.truncation["direction"]
+        return TextTokenizer(backend, max_length, self.special_ids, self.lowercase, self.end_id, side)
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
         """Token ids per text, and how many texts were truncated."""
